@@ -1,0 +1,55 @@
+// Run-time instruction-set dispatch for the CPU kernels.
+//
+// The extension is built without -march=native, so the binary assumes only x86-64 baseline
+// (SSE2). Hot loops are written once as templates over an `Isa` tag and instantiated three
+// times inside functions carrying GCC target attributes (AVX-512, AVX2+FMA, baseline); the
+// compiler auto-vectorizes each copy for its ISA. `active_isa()` picks the best one the CPU
+// supports once, at first use; FUSED_KINGMA_ISA=avx512|avx2|baseline (or set_isa) forces one,
+// which the tests use to check that every copy computes the same numbers.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace fused_kingma::cpu {
+
+enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+
+struct IsaBaseline {};
+struct IsaAvx2 {};
+struct IsaAvx512 {};
+
+Isa best_supported_isa();
+Isa active_isa();
+// Forces an ISA (clamped to what the CPU supports); returns the one now active.
+Isa set_active_isa(Isa isa);
+const char* isa_name(Isa isa);
+Isa isa_from_name(const std::string& name);  // throws on an unknown name
+
+}  // namespace fused_kingma::cpu
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define FK_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c,prefer-vector-width=512")))
+#define FK_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define FK_TARGET_AVX512
+#define FK_TARGET_AVX2
+#endif
+
+// FK_DEFINE_ISA_DISPATCH(name, params, args): given a template
+//   template <class IsaTag> void name##_impl(params)
+// defines three per-ISA entry points and `void name(params)` that calls the active one.
+// Usage: FK_DEFINE_ISA_DISPATCH(adam_chunk, (const Args& a, int64_t lo, int64_t hi), (a, lo, hi))
+#define FK_STRIP_PARENS(...) __VA_ARGS__
+#define FK_DEFINE_ISA_DISPATCH(name, params, args)                                           \
+  FK_TARGET_AVX512 static void name##_avx512 params { name##_impl<::fused_kingma::cpu::IsaAvx512> args; } \
+  FK_TARGET_AVX2 static void name##_avx2 params { name##_impl<::fused_kingma::cpu::IsaAvx2> args; }       \
+  static void name##_baseline params { name##_impl<::fused_kingma::cpu::IsaBaseline> args; }             \
+  static void name params {                                                                  \
+    switch (::fused_kingma::cpu::active_isa()) {                                             \
+      case ::fused_kingma::cpu::Isa::Avx512: name##_avx512 args; return;                     \
+      case ::fused_kingma::cpu::Isa::Avx2: name##_avx2 args; return;                         \
+      default: name##_baseline args; return;                                                 \
+    }                                                                                        \
+  }

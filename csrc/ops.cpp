@@ -1,0 +1,37 @@
+// The fused_kingma operator library: every schema is declared here, once. Each backend
+// registers its kernels in its own file with TORCH_LIBRARY_IMPL (csrc/cpu/*.cpp for CPU,
+// csrc/cuda_glue/*.cpp for CUDA, built only in a CUDA build). The Python module _C carries
+// only small helpers (ISA selection, build info); the ops are reached via torch.ops.fused_kingma.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+TORCH_LIBRARY(fused_kingma, m) {
+  // ---- Adam family (csrc/cpu/adam_cpu.cpp) ----
+  // [adam schemas]
+
+  // ---- Reparameterization and Gaussian KL (csrc/cpu/reparam_cpu.cpp) ----
+  // [reparam schemas]
+}
+
+#ifndef FK_TORCH_VERSION
+#define FK_TORCH_VERSION "unknown"
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace fused_kingma::cpu;
+  m.doc() = "fused_kingma native kernels (ops are registered under torch.ops.fused_kingma)";
+  m.attr("built_with_torch") = FK_TORCH_VERSION;
+#ifdef FK_WITH_CUDA
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+  m.def("best_isa", []() { return std::string(isa_name(best_supported_isa())); },
+        "The best CPU instruction set this machine supports for fused_kingma's kernels.");
+  m.def("active_isa", []() { return std::string(isa_name(active_isa())); },
+        "The CPU instruction set fused_kingma's kernels use now.");
+  m.def("set_isa", [](const std::string& name) { return std::string(isa_name(set_active_isa(isa_from_name(name)))); },
+        "Force 'avx512', 'avx2' or 'baseline' (clamped to what the CPU supports); returns the one now active.");
+}

@@ -1,0 +1,15 @@
+"""fused_kingma: fused Adam-family optimizers and Gaussian reparameterization + KL for PyTorch."""
+from ._ops import _C
+
+__all__ = ["cpu_isa", "set_cpu_isa"]
+__version__ = "0.1.0"
+
+
+def cpu_isa() -> str:
+    """The CPU instruction set ('avx512', 'avx2' or 'baseline') the kernels use now."""
+    return _C.active_isa()
+
+
+def set_cpu_isa(name: str) -> str:
+    """Force a CPU instruction set for the kernels (clamped to what the CPU supports); returns the active one."""
+    return _C.set_isa(name)
