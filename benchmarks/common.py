@@ -1,0 +1,90 @@
+"""Shared benchmark helpers: median timing, the memory-bandwidth floor measured in the same run, machine name."""
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def machine_name() -> str:
+    """A stable file name for this machine kind, e.g. 'cpu-amd-epyc-2t' or 'nvidia-h100-80gb-hbm3'."""
+    if torch.cuda.is_available() and os.environ.get("FUSED_KINGMA_BENCH_DEVICE", "cpu") == "cuda":
+        name = torch.cuda.get_device_name()
+    else:
+        name = "cpu-" + cpu_model() + f"-{torch.get_num_threads()}t"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fn, *, device="cpu", warmup=3, repeat=15, min_time_s=0.0):
+    """Median wall time of fn() in milliseconds (CUDA: with events). Repeats at least `repeat` times
+    and until `min_time_s` has passed, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    start_all = time.perf_counter()
+    cuda = torch.device(device).type == "cuda"
+    while len(times) < repeat or time.perf_counter() - start_all < min_time_s:
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) > 10 * repeat:
+            break
+    return statistics.median(times)
+
+
+def inplace_update_bandwidth_gbs(*, device="cpu", numel=None, tiny=False):
+    """Memory bandwidth (GB/s) of the cheapest in-place update torch does, `x.add_(y)` on fp32:
+    reads x and y, writes x: 12 bytes per element. Sized well beyond the caches."""
+    if numel is None:
+        numel = (1 << 16) if tiny else (1 << 26)
+    x = torch.zeros(numel, device=device)
+    y = torch.ones(numel, device=device)
+    ms = median_ms(lambda: x.add_(y), device=device, repeat=5 if tiny else 15)
+    return 12 * numel / (ms * 1e-3) / 1e9
+
+
+def copy_bandwidth_gbs(*, device="cpu", numel=None, tiny=False):
+    """Bandwidth (GB/s) of a device-to-device copy: 8 bytes per fp32 element."""
+    if numel is None:
+        numel = (1 << 16) if tiny else (1 << 26)
+    src = torch.ones(numel, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device=device, repeat=5 if tiny else 15)
+    return 8 * numel / (ms * 1e-3) / 1e9
+
+
+def floor_ms(bytes_moved, bandwidth_gbs):
+    return bytes_moved / (bandwidth_gbs * 1e9) * 1e3
+
+
+def markdown_table(headers, rows):
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c) for c in r) + " |")
+    return "\n".join(out)

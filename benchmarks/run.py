@@ -1,0 +1,89 @@
+"""The benchmark suite (`make bench`): runs every bench_*.py, prints the tables, writes
+benchmarks/results/<machine>.json and the README tables between the BENCH markers.
+
+Each bench module exposes `run(tiny: bool, device: str) -> dict` returning
+{"name": ..., "rows": [...], "table": "<markdown>", "notes": "..."}.
+--tiny proves the suite runs (CI) and writes nothing under results/ or README.md.
+"""
+import argparse
+import datetime
+import importlib
+import json
+import os
+import re
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common  # noqa: E402
+
+BENCHES = ["bench_adam", "bench_reparam"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tiny", action="store_true", help="tiny sizes, no files written (CI smoke run)")
+    ap.add_argument("--device", default="cuda" if os.environ.get("FUSED_KINGMA_BENCH_DEVICE") == "cuda" else "cpu")
+    ap.add_argument("--only", nargs="*", help="run only these bench modules")
+    args = ap.parse_args()
+    if args.device == "cuda":
+        os.environ["FUSED_KINGMA_BENCH_DEVICE"] = "cuda"
+    machine = common.machine_name()
+    results = {
+        "machine": machine,
+        "cpu": common.cpu_model(),
+        "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "benchmarks": {},
+    }
+    for name in args.only or BENCHES:
+        mod = importlib.import_module(name)
+        print(f"\n## {name} on {machine}\n", flush=True)
+        res = mod.run(tiny=args.tiny, device=args.device)
+        results["benchmarks"][name] = res
+        print(res["table"])
+        if res.get("notes"):
+            print("\n" + res["notes"])
+    if args.tiny:
+        print("\n(--tiny: nothing written)")
+        return
+    out = os.path.join(ROOT, "benchmarks", "results", f"{machine}.json")
+    if args.only and os.path.exists(out):  # keep the other benches' last results
+        with open(out) as f:
+            old = json.load(f)
+        old["benchmarks"].update(results["benchmarks"])
+        results["benchmarks"] = old["benchmarks"]
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"\nwrote {out}")
+    update_readme(results)
+
+
+def update_readme(results):
+    """Replace the text between <!-- BENCH:<machine>:<bench> --> and <!-- /BENCH --> markers."""
+    path = os.path.join(ROOT, "README.md")
+    with open(path) as f:
+        text = f.read()
+    for name, res in results["benchmarks"].items():
+        tag = f"<!-- BENCH:{results['machine']}:{name} -->"
+        if tag not in text:
+            continue
+        body = (
+            f"{tag}\n_{results['cpu'] if results['device'] == 'cpu' else results['device']}, "
+            f"{results['threads']} threads, torch {results['torch']}, {results['date']}_\n\n{res['table']}\n"
+        )
+        if res.get("notes"):
+            body += "\n" + res["notes"] + "\n"
+        text = re.sub(re.escape(tag) + r".*?<!-- /BENCH -->", lambda _: body + "<!-- /BENCH -->", text, flags=re.S)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()

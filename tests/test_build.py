@@ -1,0 +1,48 @@
+import importlib
+import subprocess
+import sys
+
+import torch
+
+import fused_kingma
+
+
+def test_isa_selection_round_trips():
+    best = fused_kingma._C.best_isa()
+    assert best in ("avx512", "avx2", "baseline")
+    try:
+        assert fused_kingma.set_cpu_isa("baseline") == "baseline"
+        assert fused_kingma.cpu_isa() == "baseline"
+    finally:
+        fused_kingma.set_cpu_isa(best)
+    assert fused_kingma.cpu_isa() == best
+
+
+def test_unknown_isa_is_a_clear_error():
+    try:
+        fused_kingma.set_cpu_isa("sse9")
+    except ValueError as e:
+        assert "avx512" in str(e) and "sse9" in str(e)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_built_for_this_torch():
+    assert fused_kingma._C.built_with_torch.split("+")[0] == torch.__version__.split("+")[0]
+
+
+def test_missing_extension_gives_rebuild_message(tmp_path):
+    # A copy of the Python package without _C must fail with the rebuild hint.
+    import shutil
+
+    pkg = tmp_path / "fused_kingma"
+    shutil.copytree(
+        importlib.util.find_spec("fused_kingma").submodule_search_locations[0],
+        pkg,
+        ignore=shutil.ignore_patterns("_C*", "__pycache__"),
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", "import fused_kingma"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode != 0
+    assert "make build" in r.stderr and "no-build-isolation" in r.stderr
