@@ -153,14 +153,16 @@ class _FusedAdamBase:
         moment_dtype = torch.float32 if master else p.dtype
         for key in ("exp_avg", self._second_key) + (("max_exp_avg_sq",) if group.get("amsgrad", False) else ()):
             if key not in state:
-                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format, dtype=moment_dtype)
+                state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if moment_dtype != p.dtype:
+                    state[key] = state[key].to(moment_dtype)
             elif state[key].dtype != moment_dtype:
                 state[key] = state[key].to(moment_dtype)
         if master and "master_param" not in state:
             state["master_param"] = p.detach().clone(memory_format=torch.preserve_format).to(torch.float32)
         if group.get("ema_decay") is not None and "ema" not in state:
             ema_dtype = torch.float32 if p.dtype in _LOW_PRECISION else p.dtype
-            state["ema"] = torch.zeros_like(p, memory_format=torch.preserve_format, dtype=ema_dtype)
+            state["ema"] = torch.zeros_like(p, memory_format=torch.preserve_format).to(ema_dtype)
             state["ema_start"] = state["step"].detach().clone().to(torch.float32)  # EMA age = step - ema_start
 
     def _build_lists(self, group, params, grads):
@@ -230,6 +232,13 @@ class _FusedAdamBase:
                            lists.masters, lists.emas, grad_scale=grad_scale, found_inf=found_inf,
                            check_only=check_only, **hyper)
         except (RuntimeError, ValueError, TypeError) as exc:
+            for k, (p, g) in enumerate(zip(lists.params, grads)):  # the dispatcher refuses sparse grads itself
+                if g.layout != torch.strided or p.layout != torch.strided:
+                    what = "grad" if g.layout != torch.strided else "parameter"
+                    raise RuntimeError(
+                        f"{type(self).__name__}: param group {gi}, parameter {lists.index[k]}: {what} is sparse "
+                        f"({g.layout}); fused_kingma's Adam needs dense tensors (torch.optim.SparseAdam handles "
+                        "sparse gradients)") from None
             msg = str(exc).split("\nException raised from")[0]
             m = _TENSOR_INDEX.match(msg)
             where = f"param group {gi}, parameter {lists.index[int(m.group(1))]}" if m else f"param group {gi}"

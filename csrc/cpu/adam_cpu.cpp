@@ -136,13 +136,19 @@ void check_list_size(at::TensorList list, size_t want, const char* what) {
 // layout. Anything else is copied into such a temporary and copied back afterwards.
 struct Staging {
   std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (original, temporary)
+  std::vector<at::Tensor> read_only;                            // temporaries only read (kept alive)
 
   void* flat(const at::Tensor& t, at::IntArrayRef strides, bool written) {
     if (t.is_non_overlapping_and_dense() && t.strides() == strides) return t.data_ptr();
     at::Tensor tmp = at::empty_strided(t.sizes(), strides, t.options());
     tmp.copy_(t);
-    if (written) write_back.emplace_back(t, tmp);
-    return tmp.data_ptr();
+    void* ptr = tmp.data_ptr();
+    if (written) {
+      write_back.emplace_back(t, tmp);
+    } else {
+      read_only.push_back(tmp);
+    }
+    return ptr;
   }
 };
 
