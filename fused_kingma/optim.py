@@ -15,8 +15,9 @@ Extras (keyword-only, all off by default):
                          Noise: Philox4x32-10 with key = group["sr_seed"] (drawn once from torch's
                          default generator at construction, saved in the state_dict) and counter
                          offset = step * 2**24 + position of the tensor among the group's params
-                         that have a grad; element i uses word i % 4 of block i // 4, so the result
-                         does not depend on the thread count.
+                         that have a grad; element i adds the 16-bit half (i % 2: 0 low, 1 high) of
+                         word (i % 8) // 2 of block i // 8 to its fp32 bits before truncating, so
+                         the result does not depend on the thread count.
 """
 import contextlib
 import math

@@ -56,7 +56,7 @@ struct TensorJob {
 };
 
 // Compile-time options of one loop.
-template <class P, class S, Rule kRule, bool kMaster, bool kEma, bool kUnscaleOut, bool kStochastic>
+template <class P, class S, Rule kRule, bool kMaster, bool kEma, bool kUnscaleOut, bool kStochastic, bool kFma>
 struct Variant {
   using Param = P;
   using State = S;
@@ -65,6 +65,7 @@ struct Variant {
   static constexpr bool ema = kEma;
   static constexpr bool unscale_out = kUnscaleOut;
   static constexpr bool stochastic = kStochastic;
+  static constexpr bool fma = kFma;  // false in the baseline-ISA copy (no FMA instructions there)
 };
 
 template <class C>
@@ -100,14 +101,14 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
     const C raw_grad = P::load(grad[i]);
     if (V::unscale_out) grad[i] = P::store(raw_grad / c.grad_scale);
     theta = theta * c.decay_factor;
-    const C g = math::effective_grad(raw_grad, theta, c);
+    const C g = math::effective_grad<V::fma>(raw_grad, theta, c);
     C m = S::load(first[i]);
     C v = S::load(second[i]);
     if constexpr (V::rule == Rule::Adamax) {
-      math::adamax_element(theta, m, v, g, c);
+      math::adamax_element<V::fma>(theta, m, v, g, c);
     } else {
       C vmax = V::rule == Rule::AdamAmsgrad ? S::load(max_second[i]) : C(0);
-      math::adam_element<V::rule == Rule::AdamAmsgrad>(theta, m, v, vmax, g, c);
+      math::adam_element<V::rule == Rule::AdamAmsgrad, V::fma>(theta, m, v, vmax, g, c);
       if (V::rule == Rule::AdamAmsgrad) max_second[i] = S::store(vmax);
     }
     first[i] = S::store(m);
@@ -121,7 +122,7 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
     if constexpr (V::ema) {
       // The EMA averages the parameter as stored (master copy when there is one).
       const C stored = (V::master || V::stochastic) ? theta : P::load(param[i]);
-      ema[i] = S::store(math::ema_update(S::load(ema[i]), stored, c));
+      ema[i] = S::store(math::ema_update<V::fma>(S::load(ema[i]), stored, c));
     }
   }
 }
@@ -131,29 +132,33 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
 struct NoNoise {
   FK_INLINE uint32_t operator()(int64_t) const { return 0u; }
 };
-struct WordsNoise {
-  const uint32_t* words;
+struct BitsNoise {
+  const uint16_t* bits;
   int64_t base;
-  FK_INLINE uint32_t operator()(int64_t i) const { return words[i - base]; }
+  FK_INLINE uint32_t operator()(int64_t i) const { return bits[i - base]; }
 };
 
-// Elements [begin, end) of one tensor, any variant. Stochastic rounding draws Philox block i / 4
-// for element i (per-element counters: the noise does not depend on how the work is split).
+// Elements [begin, end) of one tensor, any variant. Stochastic rounding gives element i the 16 bits
+// (i % 2 == 0: low, else high half) of word (i % 8) / 2 of Philox block i / 8 (per-element
+// counters: the noise does not depend on how the work is split).
 template <class V>
 FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t end, uint64_t seed) {
   if constexpr (V::stochastic) {
-    // Random words for a piece of the range first (a loop over Philox blocks), then the update.
-    constexpr int64_t kPiece = 1024;
-    uint32_t words[kPiece + 8];
+    // Random bits for a piece of the range first (a loop over Philox blocks), then the update.
+    // Rounding needs 16 bits per element: one block of 4 x 32 bits serves 8 elements.
+    constexpr int64_t kPiece = 2048;
+    uint16_t bits[kPiece + 16];
     for (int64_t lo = begin; lo < end; lo += kPiece) {
       const int64_t hi = lo + kPiece < end ? lo + kPiece : end;
-      const int64_t first_block = lo >> 2, last_block = (hi + 3) >> 2;
+      const int64_t first_block = lo >> 3, last_block = (hi + 7) >> 3;
       for (int64_t b = first_block; b < last_block; ++b) {
         const math::Philox4x32 r = math::philox_block(seed, job.sr_offset, static_cast<uint64_t>(b));
-        for (int j = 0; j < 4; ++j) words[(b - first_block) * 4 + j] = r.v[j];
+        for (int j = 0; j < 4; ++j) {
+          bits[(b - first_block) * 8 + 2 * j] = static_cast<uint16_t>(r.v[j]);
+          bits[(b - first_block) * 8 + 2 * j + 1] = static_cast<uint16_t>(r.v[j] >> 16);
+        }
       }
-      const int64_t base = first_block * 4;
-      adam_range<V>(job, lo, hi, WordsNoise{words, base});
+      adam_range<V>(job, lo, hi, BitsNoise{bits, first_block * 8});
     }
   } else {
     adam_range<V>(job, begin, end, NoNoise{});

@@ -26,10 +26,15 @@ FK_FN T nan_max(T a, T b) {
 // Fused multiply-add where aten's vectorized CPU kernels fuse (lerp, addcmul, add with alpha), so
 // results match torch bit for bit; every other product is rounded on its own. (The kernels are
 // built with contraction allowed, but once the fusable products are explicit fma there is nothing
-// left the compiler could contract.)
-template <class T>
+// left the compiler could contract.) kFma = false (the CPU baseline build, like torch's own
+// baseline kernels on a CPU without FMA) multiplies and adds separately.
+template <bool kFma, class T>
 FK_FN T fma(T a, T b, T c) {
-  return std::fma(a, b, c);
+  if constexpr (kFma) {
+    return std::fma(a, b, c);
+  } else {
+    return a * b + c;
+  }
 }
 
 template <class T>
@@ -74,9 +79,9 @@ FK_FN LerpWeight<T> lerp_weight(double w) {
   return LerpWeight<T>{static_cast<T>(small ? w : w - 1.0), small ? T(1) : T(0)};
 }
 
-template <class T>
+template <bool kFma = true, class T>
 FK_FN T lerp(T start, T end, LerpWeight<T> w) {
-  return fma(w.coef, end - start, select(w.from_start != T(0), start, end));
+  return fma<kFma>(w.coef, end - start, select(w.from_start != T(0), start, end));
 }
 
 // Per-tensor constants (they depend on the tensor's own step count).
@@ -97,19 +102,19 @@ struct AdamConsts {
 };
 
 // The gradient the rule sees: unscaled, sign-flipped for maximize, plus the L2 term when asked.
-template <class T>
+template <bool kFma = true, class T>
 FK_FN T effective_grad(T grad, T param, const AdamConsts<T>& c) {
   T g = grad / c.grad_scale * c.grad_sign;
   // Selected, not multiplied by 0: an inf param must not turn the grad into NaN.
-  return select(c.l2 != T(0), fma(c.weight_decay, param, g), g);
+  return select(c.l2 != T(0), fma<kFma>(c.weight_decay, param, g), g);
 }
 
 // Adam / AdamW step on one element. `param` has had decoupled decay applied already.
 // kAmsgrad: `max_second` keeps the running maximum of the second moment and normalizes the step.
-template <bool kAmsgrad, class T>
+template <bool kAmsgrad, bool kFma = true, class T>
 FK_FN void adam_element(T& param, T& first, T& second, T& max_second, T g, const AdamConsts<T>& c) {
-  first = lerp(first, g, c.first_weight);
-  second = fma(c.one_minus_beta2 * g, g, second * c.beta2);  // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
+  first = lerp<kFma>(first, g, c.first_weight);
+  second = fma<kFma>(c.one_minus_beta2 * g, g, second * c.beta2);  // exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
   T second_used = second;
   if (kAmsgrad) {
     max_second = nan_max(max_second, second);
@@ -120,18 +125,18 @@ FK_FN void adam_element(T& param, T& first, T& second, T& max_second, T g, const
 }
 
 // Adamax step on one element: `inf_norm` is the exponentially weighted infinity norm (exp_inf).
-template <class T>
+template <bool kFma = true, class T>
 FK_FN void adamax_element(T& param, T& first, T& inf_norm, T g, const AdamConsts<T>& c) {
-  first = lerp(first, g, c.first_weight);
+  first = lerp<kFma>(first, g, c.first_weight);
   inf_norm = nan_max(inf_norm * c.beta2, std::fabs(g) + c.eps);
   param = param + c.neg_step_size * first / inf_norm;
 }
 
 // Raw (not bias-corrected) EMA of the parameter: ema <- lerp(ema, param, 1 - decay). Starting from
 // 0, the average after t updates is ema / (1 - decay^t) (Adam paper section 7.2).
-template <class T>
+template <bool kFma = true, class T>
 FK_FN T ema_update(T ema, T param, const AdamConsts<T>& c) {
-  return lerp(ema, param, c.ema_weight);
+  return lerp<kFma>(ema, param, c.ema_weight);
 }
 
 }  // namespace fused_kingma::math
