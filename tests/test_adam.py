@@ -401,3 +401,39 @@ def test_dtensor_params_run_on_local_shards():
     finally:
         if created:
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_conversions_on_every_isa(cpu_isa, dtype):
+    # Subnormals, large values, exact zeros and signed zeros through the bit-trick conversions,
+    # vs the reference (torch's own .to() rounding).
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, -0.0, info.tiny, info.tiny / 4, -info.tiny / 2, 1e-3, info.max / 2, -info.max / 4,
+                            1.0, -1.5, 3.14159])
+    init = torch.cat([special, torch.randn(200) * 10]).to(dtype)
+    grad = torch.cat([torch.randn(special.numel()), torch.randn(200)]).to(dtype)
+    p = torch.nn.Parameter(init.clone())
+    p.grad = grad.clone()
+    opt = fk.FusedAdam([p], lr=1e-2, weight_decay=0.01)
+    opt.step()
+    q, m, v = init.clone(), torch.zeros_like(init), torch.zeros_like(init)
+    reference.adam_step_([q], [grad.clone()], [m], [v], [], [torch.tensor(0.0)], [], [], lr=1e-2, beta1=0.9,
+                         beta2=0.999, eps=1e-8, weight_decay=0.01)
+    ulp = torch.finfo(dtype).eps
+    torch.testing.assert_close(p.detach().float(), q.float(), rtol=ulp, atol=0)
+    torch.testing.assert_close(opt.state[p]["exp_avg"].float(), m.float(), rtol=ulp, atol=0)
+    torch.testing.assert_close(opt.state[p]["exp_avg_sq"].float(), v.float(), rtol=ulp, atol=0)
+
+
+def test_non_finite_values_propagate_like_torch():
+    init = torch.tensor([1.0, 2.0, float("inf"), -3.0, 0.5])
+    grad = torch.tensor([float("nan"), 1.0, 1.0, float("inf"), -1.0])
+    for kw in ({}, {"weight_decay": 0.1}, {"amsgrad": True}):
+        a, b = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+        ta, fb = torch.optim.Adam([a], foreach=False, **kw), fk.FusedAdam([b], **kw)
+        for _ in range(2):
+            a.grad, b.grad = grad.clone(), grad.clone()
+            ta.step()
+            fb.step()
+        torch.testing.assert_close(b, a, equal_nan=True)
+        torch.testing.assert_close(fb.state[b]["exp_avg_sq"], ta.state[a]["exp_avg_sq"], equal_nan=True)
