@@ -174,3 +174,31 @@ def test_extras_validation():
         fk.FusedAdam(p, ema_decay=1.0)
     with pytest.raises(ValueError, match="exclude each other"):
         fk.FusedAdam(p, master_weights=True, stochastic_rounding=True)
+
+
+@pytest.mark.parametrize("kw", [{"amsgrad": True, "weight_decay": 0.1}, {"ema_decay": 0.9, "maximize": True},
+                                {"master_weights": True, "ema_decay": 0.8}])
+def test_reference_fallback_matches_native(monkeypatch, kw):
+    # Devices without a native kernel (CUDA until its kernel lands) run fused_kingma.reference.adam_step_.
+    import fused_kingma.optim as optim
+
+    init, grads = params_and_grads([(5,), (2, 3)], 15, dtype=torch.bfloat16 if kw.get("master_weights") else
+                                   torch.float32)
+    runs = []
+    for native in (True, False):
+        monkeypatch.setattr(optim, "_has_native_kernel", lambda device, native=native: native)
+        ps = [torch.nn.Parameter(t.clone()) for t in init]
+        opt = fk.FusedAdamW(ps, lr=0.01, **kw)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        runs.append((ps, opt))
+    (pa, oa), (pb, ob) = runs
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y.float(), x.float(), rtol=1e-5, atol=1e-6)
+        for key in oa.state[x]:
+            torch.testing.assert_close(ob.state[y][key].float(), oa.state[x][key].float(), rtol=1e-5, atol=1e-6)
+    if kw.get("ema_decay"):
+        for x, y in zip(oa.ema_parameters(), ob.ema_parameters()):
+            torch.testing.assert_close(y.float(), x.float(), rtol=1e-5, atol=1e-6)
