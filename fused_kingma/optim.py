@@ -214,7 +214,7 @@ class _FusedAdamBase:
             lists = cached[1]
             return lists, (list(map(_local, grads)) if lists.dtensor else grads), {}
         lists, pending = self._build_lists(group, params, grads)
-        if complete:
+        if complete and not pending:  # new state is committed only after a successful step
             self._lists_cache[gi] = (key, lists)
         local_grads = [_local(g) for g in grads if g is not None]
         return lists, local_grads, pending
@@ -281,15 +281,17 @@ class _FusedAdamBase:
         keep = {}
         saved_groups = state_dict["param_groups"]
         for group, saved in zip(self.param_groups, saved_groups):
+            master = saved.get("master_weights", group.get("master_weights", False))
+            fp32_keys = ("master_param", "ema", "ema_start") + (
+                ("exp_avg", self._second_key, "max_exp_avg_sq") if master else ())
             for p, pid in zip(group["params"], saved["params"]):
                 st = state_dict["state"].get(pid)
                 if not st:
                     continue
                 for key, value in st.items():
-                    if torch.is_tensor(value) and key in ("master_param", "ema", "ema_start", "exp_avg",
-                                                          self._second_key, "max_exp_avg_sq"):
-                        if value.dtype == torch.float32 and p.dtype in _LOW_PRECISION:
-                            keep[(p, key)] = value
+                    if key in fp32_keys and torch.is_tensor(value) and value.dtype == torch.float32 and (
+                            p.dtype in _LOW_PRECISION or key == "ema_start"):
+                        keep[(p, key)] = value
         super().load_state_dict(state_dict)
         for (p, key), value in keep.items():
             self.state[p][key] = value.to(device=p.device, copy=True)

@@ -437,3 +437,22 @@ def test_non_finite_values_propagate_like_torch():
             fb.step()
         torch.testing.assert_close(b, a, equal_nan=True)
         torch.testing.assert_close(fb.state[b]["exp_avg_sq"], ta.state[a]["exp_avg_sq"], equal_nan=True)
+
+
+def test_first_step_skipped_by_grad_scaler_then_normal_steps():
+    # State created for a skipped (or failed) first step must not linger outside optimizer.state.
+    p, q = torch.nn.Parameter(torch.randn(5)), None
+    q = torch.nn.Parameter(p.detach().clone())
+    opt, ref = fk.FusedAdam([p]), torch.optim.Adam([q], foreach=False)
+    p.grad = torch.randn(5)
+    opt.grad_scale, opt.found_inf = torch.tensor(1.0), torch.tensor(1.0)
+    opt.step()
+    del opt.grad_scale, opt.found_inf
+    assert p not in opt.state
+    for _ in range(3):
+        g = torch.randn(5)
+        p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    assert opt.state_dict()["state"][0]["step"].item() == 3
