@@ -456,3 +456,17 @@ def test_first_step_skipped_by_grad_scaler_then_normal_steps():
         ref.step()
     torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
     assert opt.state_dict()["state"][0]["step"].item() == 3
+
+
+@pytest.mark.parametrize("amsgrad,ema", [(False, False), (True, True)])
+def test_opcheck_adam_step(amsgrad, ema):
+    from fused_kingma._ops import ops
+
+    ps = [torch.randn(5), torch.randn(3, 2)]
+    args = (ps, [torch.randn_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
+            [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps] if amsgrad else [],
+            [torch.tensor(0.0) for _ in ps], [], [torch.zeros_like(p) for p in ps] if ema else [])
+    kw = dict(rule="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+              amsgrad=amsgrad, maximize=False, ema_decay=0.9 if ema else 0.0, stochastic_rounding=False, seed=0,
+              lr_is_fp32_tensor=False, grad_scale=torch.tensor(2.0), found_inf=torch.tensor(0.0), check_only=False)
+    torch.library.opcheck(ops.adam_step_.default, args, kw)
