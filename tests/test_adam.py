@@ -470,3 +470,37 @@ def test_opcheck_adam_step(amsgrad, ema):
               amsgrad=amsgrad, maximize=False, ema_decay=0.9 if ema else 0.0, stochastic_rounding=False, seed=0,
               lr_is_fp32_tensor=False, grad_scale=torch.tensor(2.0), found_inf=torch.tensor(0.0), check_only=False)
     torch.library.opcheck(ops.adam_step_.default, args, kw)
+
+
+def test_zero_redundancy_optimizer_wraps_fused_adamw():
+    dist = pytest.importorskip("torch.distributed")
+    if not dist.is_available():
+        pytest.skip("torch without distributed")
+    import os
+
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29534")
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        m, r = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+        r.load_state_dict(m.state_dict())
+        opt = ZeroRedundancyOptimizer(m.parameters(), optimizer_class=fk.FusedAdamW, lr=0.01)
+        ref = torch.optim.AdamW(r.parameters(), lr=0.01, foreach=False)
+        x = torch.randn(4, 5)
+        for _ in range(3):
+            opt.zero_grad()
+            ref.zero_grad()
+            m(x).sum().backward()
+            r(x).sum().backward()
+            opt.step()
+            ref.step()
+        for a, b in zip(m.parameters(), r.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    finally:
+        if created:
+            dist.destroy_process_group()
