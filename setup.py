@@ -39,7 +39,11 @@ def make_extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-math-errno lets sqrt vectorize; it does not change NaN/inf propagation.
     cxx = opt + ["-fno-math-errno", f'-DFK_TORCH_VERSION="{torch.__version__}"', "-Wall", "-Wno-unknown-pragmas"]
+    # at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it silently runs serially.
     link = []
+    if torch.backends.openmp.is_available():
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     if sanitize:
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
         link += ["-fsanitize=address,undefined"]

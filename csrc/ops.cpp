@@ -10,6 +10,17 @@
 TORCH_LIBRARY(fused_kingma, m) {
   // ---- Adam family (csrc/cpu/adam_cpu.cpp) ----
   // [adam schemas]
+  // One Adam / AdamW / Adamax step over all tensors of a param group (lists of equal length;
+  // max_second_moments only with amsgrad, master_params / emas empty when unused;
+  // master_params entries of non-fp16/bf16 params are ignored). Increments
+  // `steps`; with found_inf != 0 it changes nothing; with grad_scale the grads are unscaled in
+  // place (like torch's fused Adam). check_only=True validates everything and returns.
+  m.def(
+      "adam_step_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, Tensor(d!)[] second_moments, "
+      "Tensor(e!)[] max_second_moments, Tensor(f!)[] steps, Tensor(g!)[] master_params, Tensor(h!)[] emas, *, "
+      "str rule, float lr, float beta1, float beta2, float eps, float weight_decay, bool decoupled_weight_decay, "
+      "bool amsgrad, bool maximize, float ema_decay, bool stochastic_rounding, int seed, bool lr_is_fp32_tensor, Tensor? grad_scale, "
+      "Tensor? found_inf, bool check_only) -> ()");
 
   // ---- Reparameterization and Gaussian KL (csrc/cpu/reparam_cpu.cpp) ----
   // [reparam schemas]

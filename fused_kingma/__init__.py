@@ -1,7 +1,8 @@
 """fused_kingma: fused Adam-family optimizers and Gaussian reparameterization + KL for PyTorch."""
 from ._ops import _C
+from .optim import FusedAdam, FusedAdamW, FusedAdamax
 
-__all__ = ["cpu_isa", "set_cpu_isa"]
+__all__ = ["cpu_isa", "set_cpu_isa", "FusedAdam", "FusedAdamW", "FusedAdamax"]
 __version__ = "0.1.0"
 
 

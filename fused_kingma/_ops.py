@@ -21,3 +21,10 @@ if _C.built_with_torch.split("+")[0] != torch.__version__.split("+")[0]:
     )
 
 ops = torch.ops.fused_kingma
+
+
+# ---- Adam family [adam] ----
+@torch.library.register_fake("fused_kingma::adam_step_")
+def _adam_step_fake(*args, **kwargs):
+    """In-place update of its list arguments: nothing to return or allocate."""
+    return None

@@ -1,0 +1,325 @@
+// CPU kernel of fused_kingma::adam_step_ (schema in csrc/ops.cpp): one call updates every tensor
+// of a param group. It checks every tensor first (so a bad one leaves everything untouched),
+// increments the step counters, then cuts all tensors into one list of fixed-size chunks that
+// at::parallel_for splits by element count over the threads (thousands of tiny params cost one
+// call, not thousands).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/adam_kernel.h"
+#include "cpu/isa.h"
+
+namespace fused_kingma::cpu {
+namespace {
+
+using adam::Rule;
+using adam::TensorJob;
+
+// Storage combination of one tensor (param dtype, state dtype, rounding).
+enum class Format : int { F32, F64, F16, BF16, F16Master, BF16Master, BF16Stochastic };
+
+struct Chunk {
+  int64_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+struct Plan {
+  std::vector<TensorJob> jobs;
+  std::vector<Format> formats;
+  std::vector<Chunk> chunks;
+  std::vector<int64_t> chunk_start;  // elements before each chunk, over all tensors
+  int64_t total = 0;
+  Rule rule = Rule::Adam;
+  bool ema = false;
+  bool unscale = false;
+  uint64_t seed = 0;
+};
+
+constexpr int64_t kChunk = 1 << 14;      // elements per chunk
+constexpr int64_t kPartMin = 1 << 15;    // fewest elements worth a thread of their own
+
+template <class V>
+FK_INLINE void run_chunk(const Plan& plan, const Chunk& ch) {
+  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
+}
+
+// Runtime options -> compile-time variant (rule x ema x grad write-back).
+template <class P, class S, bool kMaster, bool kStochastic, bool kFma>
+FK_INLINE void run_chunk_storage(const Plan& plan, const Chunk& ch) {
+  const int code = static_cast<int>(plan.rule) * 4 + (plan.ema ? 2 : 0) + (plan.unscale ? 1 : 0);
+#define FK_ADAM_CASE(R, E, U) \
+  case static_cast<int>(R) * 4 + (E ? 2 : 0) + (U ? 1 : 0): \
+    return run_chunk<adam::Variant<P, S, R, kMaster, E, U, kStochastic, kFma>>(plan, ch);
+#define FK_ADAM_CASES(R) FK_ADAM_CASE(R, false, false) FK_ADAM_CASE(R, false, true) \
+                         FK_ADAM_CASE(R, true, false) FK_ADAM_CASE(R, true, true)
+  switch (code) {
+    FK_ADAM_CASES(Rule::Adam)
+    FK_ADAM_CASES(Rule::AdamAmsgrad)
+    FK_ADAM_CASES(Rule::Adamax)
+    default: return;
+  }
+#undef FK_ADAM_CASES
+#undef FK_ADAM_CASE
+}
+
+template <class IsaTag>
+FK_INLINE void adam_chunks_impl(const Plan& plan, int64_t chunk_begin, int64_t chunk_end) {
+  constexpr bool kFma = !std::is_same_v<IsaTag, IsaBaseline>;
+  for (int64_t k = chunk_begin; k < chunk_end; ++k) {
+    const Chunk& ch = plan.chunks[k];
+    switch (plan.formats[ch.tensor]) {
+      case Format::F32: run_chunk_storage<adam::F32, adam::F32, false, false, kFma>(plan, ch); break;
+      case Format::F64: run_chunk_storage<adam::F64, adam::F64, false, false, kFma>(plan, ch); break;
+      case Format::F16: run_chunk_storage<adam::F16, adam::F16, false, false, kFma>(plan, ch); break;
+      case Format::BF16: run_chunk_storage<adam::BF16, adam::BF16, false, false, kFma>(plan, ch); break;
+      case Format::F16Master: run_chunk_storage<adam::F16, adam::F32, true, false, kFma>(plan, ch); break;
+      case Format::BF16Master: run_chunk_storage<adam::BF16, adam::F32, true, false, kFma>(plan, ch); break;
+      case Format::BF16Stochastic: run_chunk_storage<adam::BF16, adam::BF16, false, true, kFma>(plan, ch); break;
+    }
+  }
+}
+
+FK_DEFINE_ISA_DISPATCH(adam_chunks, (const Plan& plan, int64_t chunk_begin, int64_t chunk_end),
+                       (plan, chunk_begin, chunk_end))
+
+// ---- checks (all before anything is written) ----
+
+std::string shape_str(at::IntArrayRef s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << (s.size() == 1 ? ",)" : ")");
+  return o.str();
+}
+
+std::string dtype_str(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+// Messages start with "tensor <i>: " so the Python side can name the param group and parameter.
+void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType want, int64_t i, const char* what) {
+  TORCH_CHECK(t.defined(), "tensor ", i, ": ", what, " is missing (None)");
+  TORCH_CHECK(t.layout() == at::kStrided, "tensor ", i, ": ", what, " is sparse (layout ", t.layout(),
+              "); fused_kingma's Adam needs dense tensors (torch.optim.SparseAdam handles sparse gradients)");
+  TORCH_CHECK(t.device() == param.device(), "tensor ", i, ": ", what, " is on ", t.device(),
+              " but the parameter is on ", param.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == want, "tensor ", i, ": ", what, " has dtype ", dtype_str(t.scalar_type()),
+                   " but ", dtype_str(want), " was expected (parameter dtype ", dtype_str(param.scalar_type()), ")");
+  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), "tensor ", i, ": ", what, " has shape ", shape_str(t.sizes()),
+                    " but the parameter has shape ", shape_str(param.sizes()));
+}
+
+bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+void check_list_size(at::TensorList list, size_t want, const char* what) {
+  TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");
+}
+
+// ---- the op ----
+
+// A tensor the kernel may use as flat memory: dense, same strides as the param's canonical
+// layout. Anything else is copied into such a temporary and copied back afterwards.
+struct Staging {
+  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (original, temporary)
+  std::vector<at::Tensor> read_only;                            // temporaries only read (kept alive)
+
+  void* flat(const at::Tensor& t, at::IntArrayRef strides, bool written) {
+    if (t.is_non_overlapping_and_dense() && t.strides() == strides) return t.data_ptr();
+    at::Tensor tmp = at::empty_strided(t.sizes(), strides, t.options());
+    tmp.copy_(t);
+    void* ptr = tmp.data_ptr();
+    if (written) {
+      write_back.emplace_back(t, tmp);
+    } else {
+      read_only.push_back(tmp);
+    }
+    return ptr;
+  }
+};
+
+at::Tensor real_view(const at::Tensor& t) { return t.defined() && t.is_complex() ? at::view_as_real(t) : t; }
+
+void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList second_moments,
+                   at::TensorList max_second_moments, at::TensorList steps, at::TensorList master_params,
+                   at::TensorList emas, c10::string_view rule, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, bool decoupled_weight_decay, bool amsgrad, bool maximize, double ema_decay,
+                   bool stochastic_rounding, int64_t seed, bool lr_is_fp32_tensor, const std::optional<at::Tensor>& grad_scale,
+                   const std::optional<at::Tensor>& found_inf, bool check_only) {
+  const size_t n = params.size();
+  const bool adamax = rule == "adamax";
+  TORCH_CHECK_VALUE(adamax || rule == "adam", "rule must be 'adam' or 'adamax', got '", std::string(rule), "'");
+  TORCH_CHECK_VALUE(!(adamax && amsgrad), "amsgrad is not defined for Adamax");
+  for (double v : {lr, beta1, beta2, eps, weight_decay, ema_decay}) {
+    TORCH_CHECK_VALUE(std::isfinite(v), "hyper-parameters must be finite (lr=", lr, ", betas=(", beta1, ", ", beta2,
+                      "), eps=", eps, ", weight_decay=", weight_decay, ", ema_decay=", ema_decay, ")");
+  }
+  check_list_size(grads, n, "grads");
+  check_list_size(exp_avgs, n, "exp_avgs");
+  check_list_size(second_moments, n, "second moments (exp_avg_sq / exp_inf)");
+  check_list_size(max_second_moments, amsgrad ? n : 0, "max_exp_avg_sqs");
+  check_list_size(steps, n, "steps");
+  const bool master = !master_params.empty();
+  const bool ema = !emas.empty();
+  if (master) check_list_size(master_params, n, "master_params");
+  if (ema) check_list_size(emas, n, "emas");
+  for (const auto* opt : {&grad_scale, &found_inf}) {
+    if (opt->has_value()) {
+      const at::Tensor& t = **opt;
+      TORCH_CHECK_VALUE(t.numel() == 1 && t.device().is_cpu() && t.is_floating_point(),
+                        "grad_scale / found_inf must be 1-element floating-point CPU tensors, got shape ",
+                        shape_str(t.sizes()), " ", dtype_str(t.scalar_type()), " on ", t.device());
+    }
+  }
+
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
+    TORCH_CHECK(p.device().is_cpu(), "tensor ", i, ": the parameter is on ", p.device(), "; this kernel is for CPU");
+    TORCH_CHECK(p.layout() == at::kStrided, "tensor ", i, ": the parameter is sparse");
+    const auto dt = p.scalar_type();
+    TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
+                         dt == at::kComplexFloat || dt == at::kComplexDouble,
+                     "tensor ", i, ": parameters must be float32, float64, float16, bfloat16 or complex; got ",
+                     dtype_str(dt));
+    // Master copies exist for fp16/bf16 params only; other entries of master_params are ignored.
+    const bool with_master = master && is_low_precision(dt);
+    const at::ScalarType state_dt = with_master ? at::kFloat : dt;
+    check_like(grads[i], p, dt, i, "grad");
+    check_like(exp_avgs[i], p, state_dt, i, "exp_avg");
+    check_like(second_moments[i], p, state_dt, i, adamax ? "exp_inf" : "exp_avg_sq");
+    if (amsgrad) check_like(max_second_moments[i], p, state_dt, i, "max_exp_avg_sq");
+    if (with_master) check_like(master_params[i], p, at::kFloat, i, "master param");
+    if (ema) check_like(emas[i], p, is_low_precision(dt) ? at::kFloat : dt, i, "ema");
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK_VALUE(s.defined() && s.numel() == 1 && s.device().is_cpu() &&
+                          (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
+                      "tensor ", i, ": state 'step' must be a 1-element float32/float64 CPU tensor, got ",
+                      s.defined() ? shape_str(s.sizes()) + " " + dtype_str(s.scalar_type()) : std::string("None"));
+  }
+  if (check_only) return;
+  if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;  // GradScaler found inf/NaN: skip the step
+
+  const double scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
+  Plan plan;
+  plan.rule = adamax ? Rule::Adamax : (amsgrad ? Rule::AdamAmsgrad : Rule::Adam);
+  plan.ema = ema;
+  plan.unscale = grad_scale.has_value();
+  plan.seed = static_cast<uint64_t>(seed);
+  plan.jobs.reserve(n);
+  plan.formats.reserve(n);
+  Staging staging;
+  for (size_t i = 0; i < n; ++i) {
+    // The step counter, incremented in its own dtype like torch's `step_t += 1`.
+    const at::Tensor& s = steps[i];
+    double t;
+    if (s.scalar_type() == at::kFloat) {
+      float* sp = s.data_ptr<float>();
+      *sp = *sp + 1.0f;
+      t = *sp;
+    } else {
+      double* sp = s.data_ptr<double>();
+      *sp = *sp + 1.0;
+      t = *sp;
+    }
+    const at::Tensor p = real_view(params[i]);
+    if (p.numel() == 0) continue;
+    const auto dt = p.scalar_type();
+    const bool with_master = master && is_low_precision(dt);
+    Format f = dt == at::kFloat ? Format::F32 : dt == at::kDouble ? Format::F64 : dt == at::kHalf ? Format::F16
+                                                                                                 : Format::BF16;
+    if (with_master) f = dt == at::kHalf ? Format::F16Master : Format::BF16Master;
+    else if (stochastic_rounding && dt == at::kBFloat16) f = Format::BF16Stochastic;
+
+    TensorJob job;
+    std::vector<int64_t> strides = p.strides().vec();
+    if (!p.is_non_overlapping_and_dense()) {
+      const auto contiguous = at::contiguous_strides(p.sizes());
+      strides.assign(contiguous.begin(), contiguous.end());
+    }
+    job.param = staging.flat(p, strides, true);
+    job.grad = staging.flat(real_view(grads[i]), strides, plan.unscale);
+    job.first = staging.flat(real_view(exp_avgs[i]), strides, true);
+    job.second = staging.flat(real_view(second_moments[i]), strides, true);
+    if (amsgrad) job.max_second = staging.flat(real_view(max_second_moments[i]), strides, true);
+    if (with_master) job.master = static_cast<float*>(staging.flat(master_params[i], strides, true));
+    if (ema) job.ema = staging.flat(real_view(emas[i]), strides, true);
+    job.numel = p.numel();
+
+    auto& c = job.consts;
+    c.grad_scale = scale;
+    c.grad_sign = maximize ? -1.0 : 1.0;
+    const bool decoupled = decoupled_weight_decay && !adamax;
+    c.l2 = !decoupled && weight_decay != 0.0 ? 1.0 : 0.0;
+    c.weight_decay = weight_decay;
+    c.decay_factor = decoupled && weight_decay != 0.0 ? 1.0 - lr * weight_decay : 1.0;
+    c.first_weight = math::lerp_weight<double>(1.0 - beta1);
+    c.beta2 = beta2;
+    c.one_minus_beta2 = 1.0 - beta2;
+    c.eps = eps;
+    // As torch computes them in Python (double): 1 - beta**step, lr / bias_correction1, bc2 ** 0.5.
+    const double bias_correction1 = 1.0 - std::pow(beta1, t);
+    const double bias_correction2 = 1.0 - std::pow(beta2, t);
+    c.bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+    c.neg_step_size = -(lr / bias_correction1);
+    if (lr_is_fp32_tensor) {
+      // torch keeps a float32 tensor lr a tensor: lr / bias_correction1 and 1 - lr * weight_decay
+      // are then float32 tensor arithmetic.
+      auto f32 = [](double x) { return static_cast<double>(static_cast<float>(x)); };
+      c.neg_step_size = -f32(f32(lr) / f32(bias_correction1));
+      if (c.decay_factor != 1.0) c.decay_factor = f32(1.0 - f32(f32(lr) * f32(weight_decay)));
+    }
+    c.ema_weight = math::lerp_weight<double>(1.0 - ema_decay);
+    // Stochastic rounding noise: Philox key = seed, counter offset = step * 2^24 + position in the list.
+    job.sr_offset = (static_cast<uint64_t>(t) << 24) + static_cast<uint64_t>(i);
+
+    const int64_t index = static_cast<int64_t>(plan.jobs.size());
+    for (int64_t b = 0; b < job.numel; b += kChunk) {
+      plan.chunks.push_back(Chunk{index, b, std::min(job.numel, b + kChunk)});
+      plan.chunk_start.push_back(plan.total + b);
+    }
+    plan.total += job.numel;
+    plan.jobs.push_back(job);
+    plan.formats.push_back(f);
+  }
+
+  const int64_t nchunks = static_cast<int64_t>(plan.chunks.size());
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), (plan.total + kPartMin - 1) / kPartMin));
+  if (parts <= 1) {
+    adam_chunks(plan, 0, nchunks);
+  } else {
+    // Part k takes the chunks that start in [total*k/parts, total*(k+1)/parts): equal element counts.
+    auto chunk_at = [&](int64_t k) {
+      const int64_t target = plan.total * k / parts;
+      return static_cast<int64_t>(std::lower_bound(plan.chunk_start.begin(), plan.chunk_start.end(), target) -
+                                  plan.chunk_start.begin());
+    };
+    at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
+      for (int64_t k = part_begin; k < part_end; ++k) adam_chunks(plan, chunk_at(k), chunk_at(k + 1));
+    });
+  }
+  for (auto& [original, tmp] : staging.write_back) original.copy_(tmp);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_kingma, CPU, m) { m.impl("adam_step_", &adam_step_cpu); }
+
+}  // namespace fused_kingma::cpu

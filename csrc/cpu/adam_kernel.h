@@ -1,0 +1,168 @@
+// The Adam-family CPU loops: one template over (param storage, state storage, rule, options),
+// a plain loop over raw pointers calling csrc/math/adam.h, auto-vectorized per ISA (isa.h).
+// Everything here is always_inline so it is compiled inside the ISA-targeted entry points.
+#pragma once
+
+#include <cstdint>
+
+#include "math/adam.h"
+#include "math/float16.h"
+#include "math/philox.h"
+
+namespace fused_kingma::cpu::adam {
+
+using math::AdamConsts;
+
+// Storage formats: how an element is held in memory and the type the math runs in.
+struct F32 {
+  using raw = float;
+  using compute = float;
+  FK_INLINE static float load(float x) { return x; }
+  FK_INLINE static float store(float x) { return x; }
+};
+struct F64 {
+  using raw = double;
+  using compute = double;
+  FK_INLINE static double load(double x) { return x; }
+  FK_INLINE static double store(double x) { return x; }
+};
+struct F16 {
+  using raw = uint16_t;
+  using compute = float;
+  FK_INLINE static float load(uint16_t x) { return math::half_to_float(x); }
+  FK_INLINE static uint16_t store(float x) { return math::float_to_half_rne(x); }
+};
+struct BF16 {
+  using raw = uint16_t;
+  using compute = float;
+  FK_INLINE static float load(uint16_t x) { return math::bf16_to_float(x); }
+  FK_INLINE static uint16_t store(float x) { return math::float_to_bf16_rne(x); }
+};
+
+enum class Rule : int { Adam = 0, AdamAmsgrad = 1, Adamax = 2 };
+
+// One tensor's raw pointers (dense, identical strides) and its constants.
+struct TensorJob {
+  void* param = nullptr;
+  void* grad = nullptr;        // read; written back unscaled when a grad_scale is given (like torch)
+  void* first = nullptr;       // exp_avg
+  void* second = nullptr;      // exp_avg_sq (Adam) or exp_inf (Adamax)
+  void* max_second = nullptr;  // max_exp_avg_sq (amsgrad)
+  float* master = nullptr;     // fp32 master copy of the param (master_weights)
+  void* ema = nullptr;         // raw EMA of the param (ema_decay)
+  int64_t numel = 0;
+  AdamConsts<double> consts{};
+  uint64_t sr_offset = 0;  // Philox offset for stochastic rounding of this tensor at this step
+};
+
+// Compile-time options of one loop.
+template <class P, class S, Rule kRule, bool kMaster, bool kEma, bool kUnscaleOut, bool kStochastic, bool kFma>
+struct Variant {
+  using Param = P;
+  using State = S;
+  static constexpr Rule rule = kRule;
+  static constexpr bool master = kMaster;
+  static constexpr bool ema = kEma;
+  static constexpr bool unscale_out = kUnscaleOut;
+  static constexpr bool stochastic = kStochastic;
+  static constexpr bool fma = kFma;  // false in the baseline-ISA copy (no FMA instructions there)
+};
+
+template <class C>
+FK_INLINE math::LerpWeight<C> cast_weight(const math::LerpWeight<double>& w) {
+  return math::LerpWeight<C>{C(w.coef), C(w.from_start)};
+}
+
+template <class C>
+FK_INLINE AdamConsts<C> cast_consts(const AdamConsts<double>& d) {
+  return AdamConsts<C>{C(d.grad_scale), C(d.grad_sign), C(d.l2), C(d.weight_decay), C(d.decay_factor),
+                       cast_weight<C>(d.first_weight), C(d.beta2), C(d.one_minus_beta2), C(d.eps),
+                       C(d.bias_correction2_sqrt), C(d.neg_step_size), cast_weight<C>(d.ema_weight)};
+}
+
+// Elements [begin, end) of one tensor. `noise(i)` gives 32 random bits for element i (SR only).
+template <class V, class Noise>
+FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Noise noise) {
+  using P = typename V::Param;
+  using S = typename V::State;
+  using C = typename P::compute;
+  using PRaw = typename P::raw;
+  using SRaw = typename S::raw;
+  const AdamConsts<C> c = cast_consts<C>(job.consts);
+  PRaw* __restrict param = static_cast<PRaw*>(job.param);
+  PRaw* __restrict grad = static_cast<PRaw*>(job.grad);
+  SRaw* __restrict first = static_cast<SRaw*>(job.first);
+  SRaw* __restrict second = static_cast<SRaw*>(job.second);
+  SRaw* __restrict max_second = static_cast<SRaw*>(job.max_second);
+  float* __restrict master = job.master;
+  SRaw* __restrict ema = static_cast<SRaw*>(job.ema);
+  for (int64_t i = begin; i < end; ++i) {
+    C theta = V::master ? C(master[i]) : P::load(param[i]);
+    const C raw_grad = P::load(grad[i]);
+    if (V::unscale_out) grad[i] = P::store(raw_grad / c.grad_scale);
+    theta = theta * c.decay_factor;
+    const C g = math::effective_grad<V::fma>(raw_grad, theta, c);
+    C m = S::load(first[i]);
+    C v = S::load(second[i]);
+    if constexpr (V::rule == Rule::Adamax) {
+      math::adamax_element<V::fma>(theta, m, v, g, c);
+    } else {
+      C vmax = V::rule == Rule::AdamAmsgrad ? S::load(max_second[i]) : C(0);
+      math::adam_element<V::rule == Rule::AdamAmsgrad, V::fma>(theta, m, v, vmax, g, c);
+      if (V::rule == Rule::AdamAmsgrad) max_second[i] = S::store(vmax);
+    }
+    first[i] = S::store(m);
+    second[i] = S::store(v);
+    if constexpr (V::master) master[i] = theta;
+    if constexpr (V::stochastic) {
+      param[i] = math::float_to_bf16_stochastic(theta, noise(i));
+    } else {
+      param[i] = P::store(theta);
+    }
+    if constexpr (V::ema) {
+      // The EMA averages the parameter as stored (master copy when there is one).
+      const C stored = (V::master || V::stochastic) ? theta : P::load(param[i]);
+      ema[i] = S::store(math::ema_update<V::fma>(S::load(ema[i]), stored, c));
+    }
+  }
+}
+
+// Noise sources for adam_range (small structs rather than lambdas: they must inline into the
+// ISA-targeted callers).
+struct NoNoise {
+  FK_INLINE uint32_t operator()(int64_t) const { return 0u; }
+};
+struct BitsNoise {
+  const uint16_t* bits;
+  int64_t base;
+  FK_INLINE uint32_t operator()(int64_t i) const { return bits[i - base]; }
+};
+
+// Elements [begin, end) of one tensor, any variant. Stochastic rounding gives element i the 16 bits
+// (i % 2 == 0: low, else high half) of word (i % 8) / 2 of Philox block i / 8 (per-element
+// counters: the noise does not depend on how the work is split).
+template <class V>
+FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t end, uint64_t seed) {
+  if constexpr (V::stochastic) {
+    // Random bits for a piece of the range first (a loop over Philox blocks), then the update.
+    // Rounding needs 16 bits per element: one block of 4 x 32 bits serves 8 elements.
+    constexpr int64_t kPiece = 2048;
+    uint16_t bits[kPiece + 16];
+    for (int64_t lo = begin; lo < end; lo += kPiece) {
+      const int64_t hi = lo + kPiece < end ? lo + kPiece : end;
+      const int64_t first_block = lo >> 3, last_block = (hi + 7) >> 3;
+      for (int64_t b = first_block; b < last_block; ++b) {
+        const math::Philox4x32 r = math::philox_block(seed, job.sr_offset, static_cast<uint64_t>(b));
+        for (int j = 0; j < 4; ++j) {
+          bits[(b - first_block) * 8 + 2 * j] = static_cast<uint16_t>(r.v[j]);
+          bits[(b - first_block) * 8 + 2 * j + 1] = static_cast<uint16_t>(r.v[j] >> 16);
+        }
+      }
+      adam_range<V>(job, lo, hi, BitsNoise{bits, first_block * 8});
+    }
+  } else {
+    adam_range<V>(job, begin, end, NoNoise{});
+  }
+}
+
+}  // namespace fused_kingma::cpu::adam
