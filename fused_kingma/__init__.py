@@ -1,7 +1,8 @@
 """fused_kingma: fused Adam-family optimizers and Gaussian reparameterization + KL for PyTorch."""
 from ._ops import _C
+from .functional import gaussian_kl, reparameterize
 
-__all__ = ["cpu_isa", "set_cpu_isa"]
+__all__ = ["cpu_isa", "set_cpu_isa", "reparameterize", "gaussian_kl"]
 __version__ = "0.1.0"
 
 
