@@ -10,6 +10,7 @@ __all__ = ["reparameterize", "gaussian_kl"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _U64 = 1 << 64
+_I64_MAX = (1 << 63) - 1
 
 
 def _check_gaussian(mu, logvar, prior):
@@ -59,7 +60,7 @@ def _seed_offset(mu, generator, seed, offset):
             raise ValueError("offset= needs seed= (without seed, seed and offset come from the torch generator)")
         # Two fresh 63-bit words from the torch generator: reproducible under torch.manual_seed, new noise on
         # every call, and an ordinary RNG op that torch.compile traces (and CUDA graphs capture).
-        return torch.empty(2, dtype=torch.int64, device=mu.device).random_(generator=generator)
+        return torch.randint(0, _I64_MAX, (2,), dtype=torch.int64, device=mu.device, generator=generator)
     if generator is not None:
         raise ValueError("pass either seed= (and offset=) or generator=, not both")
     off = 0 if offset is None else offset
@@ -88,8 +89,8 @@ def reparameterize(mu, logvar, *, num_samples=1, prior=None, free_bits=None, ret
 
     Noise: element i of z (flat, samples dim first) is normal number i % 4 of Philox4x32-10 block i // 4 for
     (seed, offset), Box-Muller in float32 (README "How the noise is defined"). Without seed=, (seed, offset)
-    are two int64 words drawn with ``torch.empty(2, dtype=torch.int64).random_(generator=generator)`` on
-    mu's device: torch.manual_seed makes runs reproducible and every call gets fresh noise. The noise is
+    are two int64 words drawn with ``torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, generator=generator)``
+    on mu's device (an out-of-place RNG op, so torch.compile traces it without a graph break): torch.manual_seed makes runs reproducible and every call gets fresh noise. The noise is
     float32 for every dtype (widened to float64 for float64 inputs, whose math is then float64);
     fp16/bf16 inputs are computed in float32. Backward regenerates eps from (seed, offset): nothing of z's
     size is stored. Double backward is not supported.
