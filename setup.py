@@ -38,8 +38,10 @@ def make_extension():
     sanitize = _flag("FUSED_KINGMA_SANITIZE")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-math-errno lets sqrt vectorize; it does not change NaN/inf propagation.
-    cxx = opt + ["-fno-math-errno", f'-DFK_TORCH_VERSION="{torch.__version__}"', "-Wall", "-Wno-unknown-pragmas"]
-    link = []
+    # -fopenmp: at::parallel_for is inline OpenMP in torch's headers; without it every kernel runs on one thread.
+    # It links the libgomp.so.1 torch itself loads (same soname), so there is one OpenMP runtime.
+    cxx = opt + ["-fopenmp", "-fno-math-errno", f'-DFK_TORCH_VERSION="{torch.__version__}"', "-Wall", "-Wno-unknown-pragmas"]
+    link = ["-fopenmp"]
     if sanitize:
         cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
         link += ["-fsanitize=address,undefined"]
