@@ -50,6 +50,50 @@ struct FwdCfg {
   static constexpr bool prior = kPrior, log_prob = kLogProb;
 };
 
+// KL terms of one row (no sampling).
+template <class Cfg, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
+FK_ALWAYS_INLINE void kl_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
+                             const S* __restrict lvp, A* __restrict klb, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) {
+    const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]);
+    if constexpr (Cfg::prior) {
+      klb[j] = math::kl_normal(m, l, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
+    } else {
+      klb[j] = math::kl_std_normal(m, l);
+    }
+  }
+}
+
+// z of one row and, for the first sample, the KL terms from the same exp(lv / 2).
+template <class Cfg, bool kWithKl, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
+FK_ALWAYS_INLINE void sample_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
+                                 const S* __restrict lvp, const float* __restrict eps, S* __restrict z,
+                                 A* __restrict klb, A* __restrict lqb, A* __restrict lpb, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) {
+    const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]), e = static_cast<A>(eps[j]);
+    const A sd = math::gexp(A(0.5) * l);
+    const A zj = m + sd * e;
+    z[j] = static_cast<S>(zj);
+    if constexpr (kWithKl) {
+      if constexpr (Cfg::prior) {
+        const A d = m - static_cast<A>(mp[j]);
+        const A plv = static_cast<A>(lvp[j]);
+        klb[j] = A(0.5) * ((sd * sd + d * d) * math::gexp(-plv) - A(1) + plv - l);
+      } else {
+        klb[j] = A(0.5) * (sd * sd + m * m - A(1) - l);
+      }
+    }
+    if constexpr (Cfg::log_prob) {
+      lqb[j] = math::log_q_term(e, l);
+      if constexpr (Cfg::prior) {
+        lpb[j] = math::log_p_term(zj, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
+      } else {
+        lpb[j] = A(-0.5) * zj * zj;
+      }
+    }
+  }
+}
+
 template <class Isa, class Cfg>
 FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t hi) {
   using S = typename Cfg::scalar_t;
@@ -71,39 +115,24 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
     const S* __restrict lv = lv_all + r * D;
     const S* __restrict mp = Cfg::prior ? mp_all + r * D : nullptr;
     const S* __restrict lvp = Cfg::prior ? lvp_all + r * D : nullptr;
+    const bool first_sample = t < R;  // the KL of row r is computed once, with its first sample
     if (a.K > 0) {
       const float* __restrict eps =
           normals_of_range(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
       S* __restrict z = static_cast<S*>(a.z) + t * D;
-      for (int64_t j = 0; j < D; ++j) {
-        const A l = static_cast<A>(lv[j]), e = static_cast<A>(eps[j]);
-        const A zj = math::reparam_sample(static_cast<A>(mu[j]), l, e);
-        z[j] = static_cast<S>(zj);
-        if constexpr (Cfg::log_prob) {
-          lqb[j] = math::log_q_term(e, l);
-          if constexpr (Cfg::prior) {
-            lpb[j] = math::log_p_term(zj, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
-          } else {
-            lpb[j] = A(-0.5) * zj * zj;
-          }
-        }
+      if (first_sample) {
+        sample_row<Cfg, true>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
+      } else {
+        sample_row<Cfg, false>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
       }
       if constexpr (Cfg::log_prob) {
         static_cast<S*>(a.lq)[t] = static_cast<S>(row_sum(lqb, D) + log_norm);
         static_cast<S*>(a.lp)[t] = static_cast<S>(row_sum(lpb, D) + log_norm);
       }
+    } else {
+      kl_row<Cfg>(mu, lv, mp, lvp, klb, D);
     }
-    if (t < R) {  // the KL of row r once, with the first sample
-      for (int64_t j = 0; j < D; ++j) {
-        const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]);
-        if constexpr (Cfg::prior) {
-          klb[j] = math::kl_normal(m, l, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
-        } else {
-          klb[j] = math::kl_std_normal(m, l);
-        }
-      }
-      static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
-    }
+    if (first_sample) static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
   }
 }
 

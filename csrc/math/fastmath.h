@@ -43,9 +43,11 @@ FK_FN float fast_logf(float x) {
   const uint32_t ix = float_bits(x);
   int e = static_cast<int>((ix >> 23) & 0xffu) - 126;           // x = m * 2^e, m in [0.5, 1)
   float m = bits_float((ix & 0x007fffffu) | 0x3f000000u);
-  const bool small = m < 0.70710678118654752f;                   // m < sqrt(1/2): use 2m, e-1
-  e = small ? e - 1 : e;
-  m = small ? m + m - 1.0f : m - 1.0f;                            // m now in [sqrt(.5)-1, sqrt(2)-1)
+  // m < sqrt(1/2): use 2m and e - 1, so m - 1 lands in [sqrt(.5)-1, sqrt(2)-1). Written with a bit mask
+  // instead of a select: GCC's if-conversion gives up on the select for AVX2.
+  const uint32_t small = m < 0.70710678118654752f ? 1u : 0u;
+  e -= static_cast<int>(small);
+  m = (m + bits_float(float_bits(m) & (0u - small))) - 1.0f;
   const float z = m * m;
   float y = 7.0376836292e-2f;
   y = y * m - 1.1514610310e-1f;
@@ -65,7 +67,11 @@ FK_FN float fast_logf(float x) {
 
 // exp(x) for all float x: overflow -> inf, far underflow -> 0, NaN -> NaN.
 FK_FN float fast_expf(float x) {
-  const float xc = x > 89.0f ? 89.0f : (x < -104.0f ? -104.0f : x);
+  // Clamp to [-104, 89] (NaN -> 0, restored at the end) with bit masks: selects here stop GCC vectorizing.
+  const uint32_t hi = 0u - static_cast<uint32_t>(x > 89.0f), lo = 0u - static_cast<uint32_t>(x < -104.0f);
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
+  const float xc =
+      bits_float((float_bits(x) & ~(hi | lo | nan)) | (float_bits(89.0f) & hi) | (float_bits(-104.0f) & lo));
   const float k = round_nearest(xc * 1.44269504088896341f);
   float r = xc - k * 0.693359375f;  // Cody-Waite: ln 2 = 0.693359375 - 2.12194440e-4
   r = r + k * 2.12194440e-4f;
@@ -78,11 +84,11 @@ FK_FN float fast_expf(float x) {
   p = p * r * r + r + 1.0f;
   // 2^k as two normal-range factors so k in [-150, 129] needs no special case.
   const int ki = static_cast<int>(k);
-  const int k1 = ki / 2, k2 = ki - ki / 2;
+  const int k1 = ki >> 1, k2 = ki - k1;
   const float s1 = bits_float(static_cast<uint32_t>(k1 + 127) << 23);
   const float s2 = bits_float(static_cast<uint32_t>(k2 + 127) << 23);
   const float res = p * s1 * s2;
-  return x != x ? x : res;
+  return bits_float((float_bits(res) & ~nan) | (float_bits(x) & nan));
 }
 
 // sin(2 pi u) and cos(2 pi u) for finite u with |u| < 2^20 (the uniforms are in (0, 1]).
@@ -105,7 +111,7 @@ FK_FN void fast_sincos2pi(float u, float* s_out, float* c_out) {
   const float sin_base = swap ? c : s;
   const float cos_base = swap ? s : c;
   *s_out = (quadrant >= 2) ? -sin_base : sin_base;
-  *c_out = (quadrant == 1 || quadrant == 2) ? -cos_base : cos_base;
+  *c_out = (((quadrant + 1) & 2) != 0) ? -cos_base : cos_base;  // quadrants 1 and 2
 }
 
 }  // namespace fused_kingma::math
