@@ -308,3 +308,21 @@ def test_bad_input_consumes_no_randomness():
     _ = torch.randn(3, 5)  # the only draw in the failed call above is the argument itself
     assert torch.equal(after, torch.random.get_rng_state())
     assert not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_gaussian_kl_forward_and_backward(dtype, with_prior):
+    mu, lv = _inputs((4, 3, 19), dtype, seed=17, scale=0.8)
+    prior = tuple(t.requires_grad_() for t in _inputs((3, 1), dtype, seed=18, scale=0.5)) if with_prior else None
+    leaves = [mu.requires_grad_(), lv.requires_grad_()] + (list(prior) if with_prior else [])
+    kl = fk.gaussian_kl(mu, lv, prior=prior)
+    assert kl.shape == (4, 3) and kl.dtype == dtype
+    w = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((kl.double() * w).sum(), leaves)
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    rkl = R.gaussian_kl_reference(leaves64[0], leaves64[1], tuple(leaves64[2:]) if with_prior else None)
+    _check(kl, rkl, dtype, 19)
+    for got, exp in zip(grads, torch.autograd.grad((rkl * w).sum(), leaves64)):
+        assert got.shape == exp.shape
+        _check(got, exp, dtype, 19 * 4)

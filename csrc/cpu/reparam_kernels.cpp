@@ -143,6 +143,61 @@ struct BwdCfg {
   static constexpr bool prior = kPrior, log_p = kLogP;
 };
 
+// Backward of one row: the KL gradient (when kInit, which also initializes the accumulators) plus the
+// gradient through sample k's z and log_p, from one exp(lv / 2) per element.
+template <class Cfg, bool kInit, bool kSample, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
+FK_ALWAYS_INLINE void bwd_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
+                              const S* __restrict lvp, const float* __restrict eps, const S* __restrict gz, A gk,
+                              A glp, A lv_const, A* __restrict gmu, A* __restrict glv, A* __restrict gmp,
+                              A* __restrict glvp, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) {
+    const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]);
+    const A pm = Cfg::prior ? static_cast<A>(mp[j]) : A(0);
+    const A inv_vp = Cfg::prior ? math::gexp(-static_cast<A>(lvp[j])) : A(1);
+    const A sd = math::gexp(A(0.5) * l);
+    A g_mu = 0, g_lv = 0, g_mp = 0, g_lvp = 0;
+    if constexpr (kInit) {  // d KL / d(mu, lv, mp, lvp), see math::kl_normal_grad
+      const A d = m - pm;
+      const A var_ratio = sd * sd * inv_vp;
+      g_mu = gk * d * inv_vp;
+      g_lv = gk * A(0.5) * (var_ratio - A(1)) + lv_const;
+      if constexpr (Cfg::prior) {
+        g_mp = -g_mu;
+        g_lvp = gk * A(0.5) * (A(1) - var_ratio - d * d * inv_vp);
+      }
+    }
+    if constexpr (kSample) {
+      const A e = static_cast<A>(eps[j]);
+      A g = static_cast<A>(gz[j]);
+      if constexpr (Cfg::log_p) {
+        const A d = m + sd * e - pm;
+        g -= glp * d * inv_vp;  // d log_p / dz = -(z - mp) / vp
+        if constexpr (Cfg::prior) {
+          g_mp += glp * d * inv_vp;
+          g_lvp += glp * (A(0.5) * d * d * inv_vp - A(0.5));
+        }
+      }
+      g_mu += g;
+      g_lv += g * A(0.5) * sd * e;
+    }
+    if constexpr (kInit) {
+      gmu[j] = g_mu;
+      glv[j] = g_lv;
+      if constexpr (Cfg::prior) {
+        gmp[j] = g_mp;
+        glvp[j] = g_lvp;
+      }
+    } else {
+      gmu[j] += g_mu;
+      glv[j] += g_lv;
+      if constexpr (Cfg::prior) {
+        gmp[j] += g_mp;
+        glvp[j] += g_lvp;
+      }
+    }
+  }
+}
+
 template <class Isa, class Cfg>
 FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t hi) {
   using S = typename Cfg::scalar_t;
@@ -164,42 +219,17 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
     if (a.glq != nullptr)
       for (int64_t k = 0; k < K; ++k) glq_sum += static_cast<A>(static_cast<const S*>(a.glq)[k * R + r]);
     const A lv_const = A(-0.5) * glq_sum;
-    for (int64_t j = 0; j < D; ++j) {
-      const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]);
-      const A pm = Cfg::prior ? static_cast<A>(mp[j]) : A(0);
-      const A plv = Cfg::prior ? static_cast<A>(lvp[j]) : A(0);
-      const math::KlGrad<A> g = math::kl_normal_grad(m, l, pm, plv);
-      gmu[j] = gk * g.mu;
-      glv[j] = gk * g.lv + lv_const;
-      if constexpr (Cfg::prior) {
-        gmp[j] = gk * g.mp;
-        glvp[j] = gk * g.lvp;
-      }
-    }
+    if (K == 0)
+      bwd_row<Cfg, true, false>(mu, lv, mp, lvp, static_cast<const float*>(nullptr), static_cast<const S*>(nullptr), gk,
+                                A(0), lv_const, gmu, glv, gmp, glvp, D);
     for (int64_t k = 0; k < K; ++k) {
       const int64_t t = k * R + r;
       const float* __restrict eps =
           normals_of_range(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
       const S* __restrict gz = static_cast<const S*>(a.gz) + t * D;
       const A glp = Cfg::log_p ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
-      for (int64_t j = 0; j < D; ++j) {
-        const A e = static_cast<A>(eps[j]);
-        const A half_sd = A(0.5) * math::gexp(A(0.5) * static_cast<A>(lv[j]));
-        A g = static_cast<A>(gz[j]);
-        if constexpr (Cfg::log_p) {
-          const A zj = static_cast<A>(mu[j]) + A(2) * half_sd * e;
-          const A pm = Cfg::prior ? static_cast<A>(mp[j]) : A(0);
-          const A inv_vp = Cfg::prior ? math::gexp(-static_cast<A>(lvp[j])) : A(1);
-          const A d = zj - pm;
-          g -= glp * d * inv_vp;  // d log_p / dz = -(z - mp) / vp
-          if constexpr (Cfg::prior) {
-            gmp[j] += glp * d * inv_vp;
-            glvp[j] += glp * (A(0.5) * d * d * inv_vp - A(0.5));
-          }
-        }
-        gmu[j] += g;
-        glv[j] += g * half_sd * e;
-      }
+      if (k == 0) bwd_row<Cfg, true, true>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, gmu, glv, gmp, glvp, D);
+      else bwd_row<Cfg, false, true>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, gmu, glv, gmp, glvp, D);
     }
     S* __restrict out_mu = static_cast<S*>(a.gmu) + r * D;
     S* __restrict out_lv = static_cast<S*>(a.glv) + r * D;
