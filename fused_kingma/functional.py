@@ -20,7 +20,9 @@ def _check_gaussian(mu, logvar, prior):
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if mu.dim() == 0:
-        raise ValueError("mu must have at least one dimension (the latent dimension is the last one), got a 0-dim tensor")
+        raise ValueError(
+            "mu must have at least one dimension (the latent dimension is the last one), got a 0-dim tensor"
+        )
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar must have mu's shape {tuple(mu.shape)}, got {tuple(logvar.shape)}")
     if logvar.dtype != mu.dtype:
@@ -90,8 +92,9 @@ def reparameterize(mu, logvar, *, num_samples=1, prior=None, free_bits=None, ret
     Noise: element i of z (flat, samples dim first) is normal number i % 4 of Philox4x32-10 block i // 4 for
     (seed, offset), Box-Muller in float32 (README "How the noise is defined"). Without seed=, (seed, offset)
     are two int64 words drawn with ``torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, generator=generator)``
-    on mu's device (an out-of-place RNG op, so torch.compile traces it without a graph break): torch.manual_seed makes runs reproducible and every call gets fresh noise. The noise is
-    float32 for every dtype (widened to float64 for float64 inputs, whose math is then float64);
+    on mu's device (an out-of-place RNG op, so torch.compile traces it without a graph break):
+    torch.manual_seed makes runs reproducible and every call gets fresh noise. The noise is float32 for every
+    dtype (widened to float64 for float64 inputs, whose math is then float64);
     fp16/bf16 inputs are computed in float32. Backward regenerates eps from (seed, offset): nothing of z's
     size is stored. Double backward is not supported.
     """

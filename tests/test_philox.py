@@ -54,7 +54,8 @@ def test_uniforms_bit_for_bit_and_never_zero(cpu_isa):
     np.testing.assert_array_equal(got.view(np.uint32), ref.view(np.uint32))
     assert got.min() > 0 and got.max() <= 1
     # the extremes of the mapping
-    ext = np.array([0, 0xFFFFFFFF], dtype=np.uint32).astype(np.float32) * np.float32(2.0 ** -32) + np.float32(2.0 ** -33)
+    bits = np.array([0, 0xFFFFFFFF], dtype=np.uint32).astype(np.float32)
+    ext = bits * np.float32(2.0 ** -32) + np.float32(2.0 ** -33)
     assert ext[0] == np.float32(2.0 ** -33) and ext[1] == np.float32(1.0)
 
 

@@ -212,7 +212,8 @@ def test_opcheck():
     mu, lv = _inputs((3, 8), torch.float32, seed=15)
     pm, plv = _inputs((8,), torch.float32, seed=16)
     so = torch.tensor([3, 4])
-    for args in ((mu, lv, None, None, so, 1, False), (mu, lv, pm, plv, so, 2, True), (mu, lv, None, None, so, 0, False)):
+    cases = ((mu, lv, None, None, so, 1, False), (mu, lv, pm, plv, so, 2, True), (mu, lv, None, None, so, 0, False))
+    for args in cases:
         args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                      for a in args)
         torch.library.opcheck(ops.reparam_fwd, args)
