@@ -39,7 +39,8 @@ def make_extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # -fno-math-errno lets sqrt vectorize; it does not change NaN/inf propagation.
     cxx = opt + ["-fno-math-errno", f'-DFK_TORCH_VERSION="{torch.__version__}"', "-Wall", "-Wno-unknown-pragmas"]
-    # at::parallel_for is inline OpenMP code in torch's headers: without -fopenmp it silently runs serially.
+    # -fopenmp: at::parallel_for is inline OpenMP in torch's headers; without it every kernel runs on one thread.
+    # It links the libgomp.so.1 torch itself loads (same soname), so there is one OpenMP runtime.
     link = []
     if torch.backends.openmp.is_available():
         cxx.append("-fopenmp")

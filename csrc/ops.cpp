@@ -24,6 +24,17 @@ TORCH_LIBRARY(fused_kingma, m) {
 
   // ---- Reparameterization and Gaussian KL (csrc/cpu/reparam_cpu.cpp) ----
   // [reparam schemas]
+  // z (num_samples > 1: (K, *mu.shape); 1: mu.shape; 0: empty, KL only), kl (mu.shape[:-1]),
+  // log_q, log_p (with_log_prob: (K, *mu.shape[:-1]) or mu.shape[:-1]; else empty). seed_offset: int64[2].
+  m.def("reparam_fwd(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, Tensor seed_offset, "
+        "int num_samples, bool with_log_prob) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Gradients w.r.t. mu, logvar, and the prior (expanded to mu's shape; empty without a prior).
+  m.def("reparam_bwd(Tensor? grad_z, Tensor grad_kl, Tensor? grad_log_q, Tensor? grad_log_p, Tensor mu, "
+        "Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, Tensor seed_offset, int num_samples) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Test helpers: Philox words / uniforms / normals of blocks (kind 0/1/2); fastmath functions.
+  m.def("philox_debug(int seed, int offset, int first_block, int nblocks, int kind) -> Tensor");
+  m.def("fastmath_debug(Tensor x, int fn) -> Tensor");
 }
 
 #ifndef FK_TORCH_VERSION

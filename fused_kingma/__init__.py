@@ -1,8 +1,9 @@
 """fused_kingma: fused Adam-family optimizers and Gaussian reparameterization + KL for PyTorch."""
 from ._ops import _C
+from .functional import gaussian_kl, reparameterize
 from .optim import FusedAdam, FusedAdamW, FusedAdamax
 
-__all__ = ["cpu_isa", "set_cpu_isa", "FusedAdam", "FusedAdamW", "FusedAdamax"]
+__all__ = ["cpu_isa", "set_cpu_isa", "FusedAdam", "FusedAdamW", "FusedAdamax", "reparameterize", "gaussian_kl"]
 __version__ = "0.1.0"
 
 

@@ -1,0 +1,365 @@
+// CPU kernels of reparameterize / gaussian_kl: one pass over each (sample, row) computing z, the
+// per-row KL and log-densities; the backward regenerates the noise from (seed, offset).
+// Rows run in parallel (at::parallel_for); each row's loop over the last dim vectorizes (ISA copies
+// below). Per-row sums use a fixed 16-lane order, so results never depend on thread count or ISA.
+#include "reparam_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <vector>
+
+#include "isa.h"
+#include "math/gaussian.h"
+#include "reparam_noise.h"
+
+namespace fused_kingma::cpu {
+namespace {
+
+#define FK_ALWAYS_INLINE inline __attribute__((always_inline))
+
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// Sum in a fixed order: 16 strided partial sums folded pairwise, then the tail.
+template <class T>
+FK_ALWAYS_INLINE T row_sum(const T* __restrict x, int64_t n) {
+  constexpr int W = 16;
+  T acc[W] = {};
+  int64_t j = 0;
+  for (; j + W <= n; j += W)
+    for (int l = 0; l < W; ++l) acc[l] += x[j + l];
+  for (int w = W / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  T tail = 0;
+  for (; j < n; ++j) tail += x[j];
+  return acc[0] + tail;
+}
+
+template <class S, bool kPrior, bool kLogProb>
+struct FwdCfg {
+  using scalar_t = S;
+  using acc_t = typename AccOf<S>::type;
+  static constexpr bool prior = kPrior, log_prob = kLogProb;
+};
+
+// KL terms of one row (no sampling).
+template <class Cfg, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
+FK_ALWAYS_INLINE void kl_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
+                             const S* __restrict lvp, A* __restrict klb, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) {
+    const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]);
+    if constexpr (Cfg::prior) {
+      klb[j] = math::kl_normal(m, l, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
+    } else {
+      klb[j] = math::kl_std_normal(m, l);
+    }
+  }
+}
+
+// z of one row and, for the first sample, the KL terms from the same exp(lv / 2).
+template <class Cfg, bool kWithKl, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
+FK_ALWAYS_INLINE void sample_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
+                                 const S* __restrict lvp, const float* __restrict eps, S* __restrict z,
+                                 A* __restrict klb, A* __restrict lqb, A* __restrict lpb, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) {
+    const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]), e = static_cast<A>(eps[j]);
+    const A sd = math::gexp(A(0.5) * l);
+    const A zj = m + sd * e;
+    z[j] = static_cast<S>(zj);
+    if constexpr (kWithKl) {
+      if constexpr (Cfg::prior) {
+        const A d = m - static_cast<A>(mp[j]);
+        const A plv = static_cast<A>(lvp[j]);
+        klb[j] = A(0.5) * ((sd * sd + d * d) * math::gexp(-plv) - A(1) + plv - l);
+      } else {
+        klb[j] = A(0.5) * (sd * sd + m * m - A(1) - l);
+      }
+    }
+    if constexpr (Cfg::log_prob) {
+      lqb[j] = math::log_q_term(e, l);
+      if constexpr (Cfg::prior) {
+        lpb[j] = math::log_p_term(zj, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
+      } else {
+        lpb[j] = A(-0.5) * zj * zj;
+      }
+    }
+  }
+}
+
+template <class Isa, class Cfg>
+FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t hi) {
+  using S = typename Cfg::scalar_t;
+  using A = typename Cfg::acc_t;
+  const int64_t R = a.R, D = a.D;
+  const S* __restrict mu_all = static_cast<const S*>(a.mu);
+  const S* __restrict lv_all = static_cast<const S*>(a.lv);
+  const S* __restrict mp_all = static_cast<const S*>(a.mp);
+  const S* __restrict lvp_all = static_cast<const S*>(a.lvp);
+  std::vector<float> noise(noise_buffer_len(D));
+  std::vector<A> kl_buf(D), lq_buf(Cfg::log_prob ? D : 0), lp_buf(Cfg::log_prob ? D : 0);
+  A* __restrict klb = kl_buf.data();
+  A* __restrict lqb = lq_buf.data();
+  A* __restrict lpb = lp_buf.data();
+  const A log_norm = -static_cast<A>(math::kHalfLog2Pi) * static_cast<A>(D);
+  for (int64_t t = lo; t < hi; ++t) {  // t = k * R + r when sampling, r otherwise
+    const int64_t r = a.K > 0 ? t % R : t;
+    const S* __restrict mu = mu_all + r * D;
+    const S* __restrict lv = lv_all + r * D;
+    const S* __restrict mp = Cfg::prior ? mp_all + r * D : nullptr;
+    const S* __restrict lvp = Cfg::prior ? lvp_all + r * D : nullptr;
+    const bool first_sample = t < R;  // the KL of row r is computed once, with its first sample
+    if (a.K > 0) {
+      const float* __restrict eps =
+          normals_of_range(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
+      S* __restrict z = static_cast<S*>(a.z) + t * D;
+      if (first_sample) {
+        sample_row<Cfg, true>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
+      } else {
+        sample_row<Cfg, false>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
+      }
+      if constexpr (Cfg::log_prob) {
+        static_cast<S*>(a.lq)[t] = static_cast<S>(row_sum(lqb, D) + log_norm);
+        static_cast<S*>(a.lp)[t] = static_cast<S>(row_sum(lpb, D) + log_norm);
+      }
+    } else {
+      kl_row<Cfg>(mu, lv, mp, lvp, klb, D);
+    }
+    if (first_sample) static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
+  }
+}
+
+template <class S, bool kPrior, bool kLogP>
+struct BwdCfg {
+  using scalar_t = S;
+  using acc_t = typename AccOf<S>::type;
+  static constexpr bool prior = kPrior, log_p = kLogP;
+};
+
+// Backward of one row: the KL gradient (when kInit, which also initializes the accumulators) plus the
+// gradient through sample k's z and log_p, from one exp(lv / 2) per element.
+template <class Cfg, bool kInit, bool kSample, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
+FK_ALWAYS_INLINE void bwd_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
+                              const S* __restrict lvp, const float* __restrict eps, const S* __restrict gz, A gk,
+                              A glp, A lv_const, A* __restrict gmu, A* __restrict glv, A* __restrict gmp,
+                              A* __restrict glvp, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) {
+    const A m = static_cast<A>(mu[j]), l = static_cast<A>(lv[j]);
+    const A pm = Cfg::prior ? static_cast<A>(mp[j]) : A(0);
+    const A inv_vp = Cfg::prior ? math::gexp(-static_cast<A>(lvp[j])) : A(1);
+    const A sd = math::gexp(A(0.5) * l);
+    A g_mu = 0, g_lv = 0, g_mp = 0, g_lvp = 0;
+    if constexpr (kInit) {  // d KL / d(mu, lv, mp, lvp), see math::kl_normal_grad
+      const A d = m - pm;
+      const A var_ratio = sd * sd * inv_vp;
+      g_mu = gk * d * inv_vp;
+      g_lv = gk * A(0.5) * (var_ratio - A(1)) + lv_const;
+      if constexpr (Cfg::prior) {
+        g_mp = -g_mu;
+        g_lvp = gk * A(0.5) * (A(1) - var_ratio - d * d * inv_vp);
+      }
+    }
+    if constexpr (kSample) {
+      const A e = static_cast<A>(eps[j]);
+      A g = static_cast<A>(gz[j]);
+      if constexpr (Cfg::log_p) {
+        const A d = m + sd * e - pm;
+        g -= glp * d * inv_vp;  // d log_p / dz = -(z - mp) / vp
+        if constexpr (Cfg::prior) {
+          g_mp += glp * d * inv_vp;
+          g_lvp += glp * (A(0.5) * d * d * inv_vp - A(0.5));
+        }
+      }
+      g_mu += g;
+      g_lv += g * A(0.5) * sd * e;
+    }
+    if constexpr (kInit) {
+      gmu[j] = g_mu;
+      glv[j] = g_lv;
+      if constexpr (Cfg::prior) {
+        gmp[j] = g_mp;
+        glvp[j] = g_lvp;
+      }
+    } else {
+      gmu[j] += g_mu;
+      glv[j] += g_lv;
+      if constexpr (Cfg::prior) {
+        gmp[j] += g_mp;
+        glvp[j] += g_lvp;
+      }
+    }
+  }
+}
+
+template <class Isa, class Cfg>
+FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t hi) {
+  using S = typename Cfg::scalar_t;
+  using A = typename Cfg::acc_t;
+  const int64_t R = a.R, D = a.D, K = a.K;
+  std::vector<float> noise(noise_buffer_len(D));
+  std::vector<A> buf(4 * D);
+  A* __restrict gmu = buf.data();
+  A* __restrict glv = gmu + D;
+  A* __restrict gmp = glv + D;
+  A* __restrict glvp = gmp + D;
+  for (int64_t r = lo; r < hi; ++r) {
+    const S* __restrict mu = static_cast<const S*>(a.mu) + r * D;
+    const S* __restrict lv = static_cast<const S*>(a.lv) + r * D;
+    const S* __restrict mp = Cfg::prior ? static_cast<const S*>(a.mp) + r * D : nullptr;
+    const S* __restrict lvp = Cfg::prior ? static_cast<const S*>(a.lvp) + r * D : nullptr;
+    const A gk = static_cast<A>(static_cast<const S*>(a.gkl)[r]);
+    A glq_sum = 0;  // d log_q / d lv = -1/2 per coordinate and sample (mu cancels through z)
+    if (a.glq != nullptr)
+      for (int64_t k = 0; k < K; ++k) glq_sum += static_cast<A>(static_cast<const S*>(a.glq)[k * R + r]);
+    const A lv_const = A(-0.5) * glq_sum;
+    if (K == 0)
+      bwd_row<Cfg, true, false>(mu, lv, mp, lvp, static_cast<const float*>(nullptr), static_cast<const S*>(nullptr), gk,
+                                A(0), lv_const, gmu, glv, gmp, glvp, D);
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t t = k * R + r;
+      const float* __restrict eps =
+          normals_of_range(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
+      const S* __restrict gz = static_cast<const S*>(a.gz) + t * D;
+      const A glp = Cfg::log_p ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
+      if (k == 0) bwd_row<Cfg, true, true>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, gmu, glv, gmp, glvp, D);
+      else bwd_row<Cfg, false, true>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, gmu, glv, gmp, glvp, D);
+    }
+    S* __restrict out_mu = static_cast<S*>(a.gmu) + r * D;
+    S* __restrict out_lv = static_cast<S*>(a.glv) + r * D;
+    for (int64_t j = 0; j < D; ++j) {
+      out_mu[j] = static_cast<S>(gmu[j]);
+      out_lv[j] = static_cast<S>(glv[j]);
+    }
+    if constexpr (Cfg::prior) {
+      S* __restrict out_mp = static_cast<S*>(a.gmp) + r * D;
+      S* __restrict out_lvp = static_cast<S*>(a.glvp) + r * D;
+      for (int64_t j = 0; j < D; ++j) {
+        out_mp[j] = static_cast<S>(gmp[j]);
+        out_lvp[j] = static_cast<S>(glvp[j]);
+      }
+    }
+  }
+}
+
+template <class Isa>
+FK_ALWAYS_INLINE void philox_debug_impl(uint64_t seed, uint64_t offset, uint64_t b0, int64_t nblocks, int kind,
+                                        void* out) {
+  if (kind == 2) {
+    normals_of_blocks(seed, offset, b0, nblocks, static_cast<float*>(out));
+    return;
+  }
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const math::Philox4x32 w = math::philox_block(seed, offset, b0 + static_cast<uint64_t>(b));
+    for (int m = 0; m < 4; ++m) {
+      if (kind == 0) static_cast<int64_t*>(out)[4 * b + m] = w.v[m];
+      else static_cast<float*>(out)[4 * b + m] = math::uniform_from_bits(w.v[m]);
+    }
+  }
+}
+
+template <class Isa>
+FK_ALWAYS_INLINE void fastmath_debug_impl(const float* __restrict x, float* __restrict y, int64_t n, int fn) {
+  switch (fn) {
+    case 0:
+      for (int64_t i = 0; i < n; ++i) y[i] = math::fast_logf(x[i]);
+      break;
+    case 1:
+      for (int64_t i = 0; i < n; ++i) y[i] = math::fast_expf(x[i]);
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) {
+        float s, c;
+        math::fast_sincos2pi(x[i], &s, &c);
+        y[i] = fn == 2 ? s : c;
+      }
+  }
+}
+
+// Per-ISA copies of the templates above (the same pattern as FK_DEFINE_ISA_DISPATCH, for templates).
+#define FK_ISA_TEMPLATE_DISPATCH(name, tparams, targs, params, args)                                  \
+  template <FK_STRIP_PARENS tparams>                                                                \
+  FK_TARGET_AVX512 void name##_avx512 params { name##_impl<IsaAvx512, FK_STRIP_PARENS targs> args; } \
+  template <FK_STRIP_PARENS tparams>                                                                \
+  FK_TARGET_AVX2 void name##_avx2 params { name##_impl<IsaAvx2, FK_STRIP_PARENS targs> args; }       \
+  template <FK_STRIP_PARENS tparams>                                                                \
+  void name##_baseline params { name##_impl<IsaBaseline, FK_STRIP_PARENS targs> args; }              \
+  template <FK_STRIP_PARENS tparams>                                                                \
+  void name params {                                                                                \
+    switch (active_isa()) {                                                                         \
+      case Isa::Avx512: name##_avx512<FK_STRIP_PARENS targs> args; return;                          \
+      case Isa::Avx2: name##_avx2<FK_STRIP_PARENS targs> args; return;                              \
+      default: name##_baseline<FK_STRIP_PARENS targs> args; return;                                 \
+    }                                                                                               \
+  }
+
+FK_ISA_TEMPLATE_DISPATCH(fwd_rows, (class Cfg), (Cfg), (const ReparamFwdArgs& a, int64_t lo, int64_t hi), (a, lo, hi))
+FK_ISA_TEMPLATE_DISPATCH(bwd_rows, (class Cfg), (Cfg), (const ReparamBwdArgs& a, int64_t lo, int64_t hi), (a, lo, hi))
+
+template <class Isa>
+FK_ALWAYS_INLINE void debug_impl(int which, uint64_t seed, uint64_t offset, uint64_t b0, int64_t nblocks, int kind,
+                                 void* out, const float* x, float* y, int64_t n, int fn) {
+  if (which == 0) philox_debug_impl<Isa>(seed, offset, b0, nblocks, kind, out);
+  else fastmath_debug_impl<Isa>(x, y, n, fn);
+}
+FK_DEFINE_ISA_DISPATCH(debug,
+                       (int which, uint64_t seed, uint64_t offset, uint64_t b0, int64_t nblocks, int kind, void* out,
+                        const float* x, float* y, int64_t n, int fn),
+                       (which, seed, offset, b0, nblocks, kind, out, x, y, n, fn))
+
+int64_t grain_rows(int64_t D) { return D >= 4096 ? 1 : 4096 / (D > 0 ? D : 1); }
+
+template <class S, class Fn>
+void with_scalar(ReparamDtype dt, Fn&& fn) {
+  switch (dt) {
+    case ReparamDtype::F32: fn(float{}); return;
+    case ReparamDtype::F64: fn(double{}); return;
+    case ReparamDtype::F16: fn(c10::Half{}); return;
+    case ReparamDtype::BF16: fn(c10::BFloat16{}); return;
+  }
+}
+
+}  // namespace
+
+void reparam_forward_cpu(const ReparamFwdArgs& a) {
+  const int64_t rows = a.K > 0 ? a.K * a.R : a.R;
+  const bool prior = a.mp != nullptr, lp = a.lq != nullptr;
+  with_scalar<void>(a.dtype, [&](auto tag) {
+    using S = decltype(tag);
+    at::parallel_for(0, rows, grain_rows(a.D), [&](int64_t lo, int64_t hi) {
+      if (prior && lp) fwd_rows<FwdCfg<S, true, true>>(a, lo, hi);
+      else if (prior) fwd_rows<FwdCfg<S, true, false>>(a, lo, hi);
+      else if (lp) fwd_rows<FwdCfg<S, false, true>>(a, lo, hi);
+      else fwd_rows<FwdCfg<S, false, false>>(a, lo, hi);
+    });
+  });
+}
+
+void reparam_backward_cpu(const ReparamBwdArgs& a) {
+  const bool prior = a.mp != nullptr, lp = a.glp != nullptr;
+  with_scalar<void>(a.dtype, [&](auto tag) {
+    using S = decltype(tag);
+    at::parallel_for(0, a.R, grain_rows(a.D * (a.K > 0 ? a.K : 1)), [&](int64_t lo, int64_t hi) {
+      if (prior && lp) bwd_rows<BwdCfg<S, true, true>>(a, lo, hi);
+      else if (prior) bwd_rows<BwdCfg<S, true, false>>(a, lo, hi);
+      else if (lp) bwd_rows<BwdCfg<S, false, true>>(a, lo, hi);
+      else bwd_rows<BwdCfg<S, false, false>>(a, lo, hi);
+    });
+  });
+}
+
+void philox_debug_cpu(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t nblocks, int kind, void* out) {
+  debug(0, seed, offset, first_block, nblocks, kind, out, nullptr, nullptr, 0, 0);
+}
+
+void fastmath_debug_cpu(const float* x, float* y, int64_t n, int fn) {
+  debug(1, 0, 0, 0, 0, 0, nullptr, x, y, n, fn);
+}
+
+}  // namespace fused_kingma::cpu

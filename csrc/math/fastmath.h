@@ -1,0 +1,117 @@
+// Branch-free float32 log / exp / sincos(2 pi u) for the noise transform and the reparam kernels.
+// Written with plain arithmetic, bit casts and selects (ternaries) only, so GCC auto-vectorizes
+// them inside the CPU loops and nvcc compiles the very same code for CUDA: CPU and GPU normals
+// then agree to float rounding. Accuracy (tests/test_philox.py, against float64 torch): a few ulp.
+// Polynomials: Cephes (S. Moshier) single-precision minimax coefficients.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "common.h"
+
+namespace fused_kingma::math {
+
+FK_FN uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  return u;
+#endif
+}
+
+FK_FN float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+#endif
+}
+
+// Round to nearest integer (ties to even) for |x| < 2^22, without a libm call.
+FK_FN float round_nearest(float x) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  return (x + magic) - magic;
+}
+
+// Natural log for finite x > 0 in the normal range (the uniforms are in [2^-33, 1]).
+FK_FN float fast_logf(float x) {
+  const uint32_t ix = float_bits(x);
+  int e = static_cast<int>((ix >> 23) & 0xffu) - 126;           // x = m * 2^e, m in [0.5, 1)
+  float m = bits_float((ix & 0x007fffffu) | 0x3f000000u);
+  // m < sqrt(1/2): use 2m and e - 1, so m - 1 lands in [sqrt(.5)-1, sqrt(2)-1). Written with a bit mask
+  // instead of a select: GCC's if-conversion gives up on the select for AVX2.
+  const uint32_t small = m < 0.70710678118654752f ? 1u : 0u;
+  e -= static_cast<int>(small);
+  m = (m + bits_float(float_bits(m) & (0u - small))) - 1.0f;
+  const float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  const float fe = static_cast<float>(e);
+  y += -2.12194440e-4f * fe;  // ln 2 split in a short high part and a correction
+  y += -0.5f * z;
+  return (m + y) + 0.693359375f * fe;
+}
+
+// exp(x) for all float x: overflow -> inf, far underflow -> 0, NaN -> NaN.
+FK_FN float fast_expf(float x) {
+  // Clamp to [-104, 89] (NaN -> 0, restored at the end) with bit masks: selects here stop GCC vectorizing.
+  const uint32_t hi = 0u - static_cast<uint32_t>(x > 89.0f), lo = 0u - static_cast<uint32_t>(x < -104.0f);
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
+  const float xc =
+      bits_float((float_bits(x) & ~(hi | lo | nan)) | (float_bits(89.0f) & hi) | (float_bits(-104.0f) & lo));
+  const float k = round_nearest(xc * 1.44269504088896341f);
+  float r = xc - k * 0.693359375f;  // Cody-Waite: ln 2 = 0.693359375 - 2.12194440e-4
+  r = r + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  // 2^k as two normal-range factors so k in [-150, 129] needs no special case.
+  const int ki = static_cast<int>(k);
+  const int k1 = ki >> 1, k2 = ki - k1;
+  const float s1 = bits_float(static_cast<uint32_t>(k1 + 127) << 23);
+  const float s2 = bits_float(static_cast<uint32_t>(k2 + 127) << 23);
+  const float res = p * s1 * s2;
+  return bits_float((float_bits(res) & ~nan) | (float_bits(x) & nan));
+}
+
+// sin(2 pi u) and cos(2 pi u) for finite u with |u| < 2^20 (the uniforms are in (0, 1]).
+// u = q/4 + r exactly with |r| <= 1/8, then the quadrant q picks signs and sin/cos.
+FK_FN void fast_sincos2pi(float u, float* s_out, float* c_out) {
+  const float q = round_nearest(4.0f * u);
+  const float r = u - 0.25f * q;  // exact
+  const float x = r * 6.28318530717958648f;
+  const float x2 = x * x;
+  float s = -1.9515295891e-4f;
+  s = s * x2 + 8.3321608736e-3f;
+  s = s * x2 - 1.6666654611e-1f;
+  s = s * x2 * x + x;
+  float c = 2.443315711809948e-5f;
+  c = c * x2 - 1.388731625493765e-3f;
+  c = c * x2 + 4.166664568298827e-2f;
+  c = c * x2 * x2 - 0.5f * x2 + 1.0f;
+  const int quadrant = static_cast<int>(q) & 3;
+  const bool swap = (quadrant & 1) != 0;
+  const float sin_base = swap ? c : s;
+  const float cos_base = swap ? s : c;
+  *s_out = (quadrant >= 2) ? -sin_base : sin_base;
+  *c_out = (((quadrant + 1) & 2) != 0) ? -cos_base : cos_base;  // quadrants 1 and 2
+}
+
+}  // namespace fused_kingma::math

@@ -1,0 +1,69 @@
+// One-element terms of the reparameterization trick and the diagonal Gaussian KL, with their
+// derivatives. T is float (fp32/fp16/bf16 inputs) or double. Exponentials use fast_expf in
+// float and std::exp in double. Notation: q = N(mu, exp(lv)), p = N(mp, exp(lvp)).
+#pragma once
+
+#include <cmath>
+
+#include "common.h"
+#include "fastmath.h"
+
+namespace fused_kingma::math {
+
+FK_FN float gexp(float x) { return fast_expf(x); }
+FK_FN double gexp(double x) { return exp(x); }
+
+constexpr double kHalfLog2Pi = 0.91893853320467274178;  // 0.5 * ln(2 pi)
+
+// z = mu + exp(lv / 2) * eps
+template <class T>
+FK_FN T reparam_sample(T mu, T lv, T eps) {
+  return mu + gexp(T(0.5) * lv) * eps;
+}
+
+// KL(N(mu, e^lv) || N(0, 1)) for one coordinate.
+template <class T>
+FK_FN T kl_std_normal(T mu, T lv) {
+  return T(0.5) * (gexp(lv) + mu * mu - T(1) - lv);
+}
+
+// KL(N(mu, e^lv) || N(mp, e^lvp)) for one coordinate.
+template <class T>
+FK_FN T kl_normal(T mu, T lv, T mp, T lvp) {
+  const T d = mu - mp;
+  return T(0.5) * ((gexp(lv) + d * d) * gexp(-lvp) - T(1) + lvp - lv);
+}
+
+// log N(z; mu, e^lv) written through eps = (z - mu) / e^(lv/2), without the -0.5 ln(2 pi) constant.
+template <class T>
+FK_FN T log_q_term(T eps, T lv) {
+  return T(-0.5) * (eps * eps + lv);
+}
+
+// log N(z; mp, e^lvp) without the -0.5 ln(2 pi) constant.
+template <class T>
+FK_FN T log_p_term(T z, T mp, T lvp) {
+  const T d = z - mp;
+  return T(-0.5) * (d * d * gexp(-lvp) + lvp);
+}
+
+// Derivatives of kl_normal (with mp = 0, lvp = 0 for the standard normal prior).
+template <class T>
+struct KlGrad {
+  T mu, lv, mp, lvp;
+};
+
+template <class T>
+FK_FN KlGrad<T> kl_normal_grad(T mu, T lv, T mp, T lvp) {
+  const T d = mu - mp;
+  const T inv_vp = gexp(-lvp);
+  const T var_ratio = gexp(lv) * inv_vp;
+  KlGrad<T> g;
+  g.mu = d * inv_vp;
+  g.lv = T(0.5) * (var_ratio - T(1));
+  g.mp = -g.mu;
+  g.lvp = T(0.5) * (T(1) - var_ratio - d * d * inv_vp);
+  return g;
+}
+
+}  // namespace fused_kingma::math
