@@ -58,6 +58,28 @@ def median_ms(fn, *, device="cpu", warmup=3, repeat=15, min_time_s=0.0):
     return statistics.median(times)
 
 
+def median_ms_interleaved(fns, *, device="cpu", warmup=2, repeat=7):
+    """Median ms of each fn in the dict `fns`, timed in round-robin order (one call of each per round), so
+    that a machine whose memory bandwidth drifts over time (shared hosts) slows every candidate alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            times[k].append(median_ms(fn, device=device, warmup=0, repeat=1))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def inplace_add_fn(*, device="cpu", numel=1 << 26):
+    """A callable doing `x.add_(y)` on fp32 buffers (12 bytes per element) and its byte count: the
+    bandwidth probe to interleave with the candidates."""
+    x = torch.zeros(numel, device=device)
+    y = torch.ones(numel, device=device)
+    return (lambda: x.add_(y)), 12 * numel
+
+
 def inplace_update_bandwidth_gbs(*, device="cpu", numel=None, tiny=False):
     """Memory bandwidth (GB/s) of the cheapest in-place update torch does, `x.add_(y)` on fp32:
     reads x and y, writes x: 12 bytes per element. Sized well beyond the caches."""
