@@ -158,22 +158,29 @@ def hand_written_reparameterize(mu, logvar, *, num_samples, free_bits, return_lo
 
 
 class ParamEMA:
-    """Baseline's EMA of the parameters (what FusedAdamW(ema_decay=) keeps inside its step), for a fair eval."""
+    """The baseline's EMA of the weights, defined as FusedAdamW(ema_decay=) keeps it (Adam paper section 7.2):
+    avg_t = decay * avg_{t-1} + (1 - decay) * param_t from avg_0 = 0, read bias-corrected, avg_t / (1 - decay^t)."""
 
     def __init__(self, params, decay):
-        self.params, self.decay = list(params), decay
-        self.shadow = [p.detach().clone() for p in self.params]
+        self.params, self.decay, self.updates = list(params), decay, 0
+        self.average = [torch.zeros_like(p, requires_grad=False) for p in self.params]
 
     @torch.no_grad()
     def update(self):
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay)
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1.0 - self.decay)
+        self.updates += 1
 
     @contextlib.contextmanager
     def swap(self):
+        """Parameters hold the (bias-corrected) averages inside the block, their own values again after it."""
+        if self.updates == 0:
+            yield
+            return
+        correction = 1.0 - self.decay**self.updates
         with torch.no_grad():
             saved = [p.detach().clone() for p in self.params]
-            for p, s in zip(self.params, self.shadow):
-                p.copy_(s)
+            for p, avg in zip(self.params, self.average):
+                p.copy_(avg / correction)
         try:
             yield
         finally:
@@ -404,7 +411,7 @@ def parse_args(argv):
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--baseline", action="store_true", help="torch.optim.AdamW + hand-written reparameterization")
     which.add_argument("--compare", action="store_true", help="run fused and baseline")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--eval-batch-size", type=int, default=512)
     ap.add_argument("--latent", type=int, default=8, help="latent dimensions")

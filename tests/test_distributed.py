@@ -9,6 +9,7 @@ ranks after JOIN_TIMEOUT_S, so nothing hangs.
 import datetime
 import os
 import time
+import traceback
 
 import pytest
 import torch
@@ -155,8 +156,7 @@ def scenario_fsdp2(rank, opt_cls, workdir):
     state_types = {fqn: {k: type(v).__name__ for k, v in s.items()} for fqn, s in osd["state"].items()}
     local_shapes = {fqn: tuple(s["exp_avg"].to_local().shape) for fqn, s in osd["state"].items()
                     if isinstance(s.get("exp_avg"), DTensor)}
-    return {"params": full_params(model), "state_types": state_types, "local_shapes": local_shapes,
-            "checkpoint": checkpoint}
+    return {"params": full_params(model), "state_types": state_types, "local_shapes": local_shapes}
 
 
 def resume_fsdp2(rank, opt_cls, checkpoint):
@@ -165,6 +165,16 @@ def resume_fsdp2(rank, opt_cls, checkpoint):
     load_checkpoint(model, opt, checkpoint)
     train_steps(model, opt, range(CHECKPOINT_AT, STEPS), rank)
     return full_params(model)
+
+
+def _attempt(fn, *args):
+    """Runs one piece of work; an exception becomes its result (a string), so the other pieces still report."""
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        return fn(*args)
+    except (Exception, CheckpointException):  # the test that reads this result fails with the traceback
+        return f"rank {dist.get_rank()}: " + traceback.format_exc()
 
 
 def _worker(rank, init_file, scenario, workdir):
@@ -176,15 +186,23 @@ def _worker(rank, init_file, scenario, workdir):
         for name, cls in OPTIMIZERS.items():
             sub = os.path.join(workdir, name)
             os.makedirs(sub, exist_ok=True)
-            results[name] = SCENARIOS[scenario](rank, cls, sub)
+            results[name] = _attempt(SCENARIOS[scenario], rank, cls, sub)
         if scenario == "fsdp2":  # resume every checkpoint with every optimizer class: state_dicts load both ways
-            results["resumed"] = {(saved_by, loaded_into): resume_fsdp2(rank, OPTIMIZERS[loaded_into],
-                                                                        results[saved_by]["checkpoint"])
+            checkpoints = {name: os.path.join(workdir, name, "step3") for name in OPTIMIZERS}
+            results["resumed"] = {(saved_by, loaded_into): _attempt(resume_fsdp2, rank, OPTIMIZERS[loaded_into],
+                                                                     checkpoints[saved_by])
                                   for saved_by in OPTIMIZERS for loaded_into in OPTIMIZERS}
         torch.save(results, os.path.join(workdir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def ok(result):
+    """A piece of work's result, or the test fails with the traceback the rank recorded."""
+    if isinstance(result, str):
+        pytest.fail(result, pytrace=False)
+    return result
 
 
 SCENARIOS = {"ddp": scenario_ddp, "zero": scenario_zero, "fsdp2": scenario_fsdp2}
@@ -201,18 +219,22 @@ def spawn(scenario, workdir):
             for p in ctx.processes:
                 if p.is_alive():
                     p.kill()
-            pytest.fail(f"{scenario}: ranks did not finish within {JOIN_TIMEOUT_S} s")
+            raise TimeoutError(f"{scenario}: ranks did not finish within {JOIN_TIMEOUT_S} s")
     return [torch.load(os.path.join(workdir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
 def scenario_results(tmp_path_factory):
+    """Spawns each scenario once per module; a failed spawn is remembered too (not retried by every test)."""
     cache = {}
 
     def get(scenario):
         if scenario not in cache:
-            cache[scenario] = spawn(scenario, tmp_path_factory.mktemp(scenario))
-        return cache[scenario]
+            try:
+                cache[scenario] = spawn(scenario, tmp_path_factory.mktemp(scenario))
+            except Exception as exc:  # noqa: BLE001  (a rank crashed or timed out)
+                cache[scenario] = f"{scenario} ranks failed: {type(exc).__name__}: {exc}"
+        return ok(cache[scenario])
 
     return get
 
@@ -222,34 +244,35 @@ def scenario_results(tmp_path_factory):
 @pytest.mark.parametrize("scenario", ["ddp", "zero", "fsdp2"])
 def test_matches_single_process_adamw(scenario_results, single_process_reference, scenario, optimizer):
     ranks = scenario_results(scenario)
-    for rank_results in ranks:
-        assert_params_close(rank_results[optimizer]["params"], single_process_reference)
+    params = [ok(rank_results[optimizer])["params"] for rank_results in ranks]
+    for rank_params in params:
+        assert_params_close(rank_params, single_process_reference)
     # Replicas hold the very same numbers (DDP, ZeRO broadcast; FSDP2 gathers the same shards).
-    assert_params_close(ranks[1][optimizer]["params"], ranks[0][optimizer]["params"], rtol=0, atol=0)
+    assert_params_close(params[1], params[0], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_zero_shards_optimizer_state(scenario_results, optimizer):
-    ranks = scenario_results("zero")
-    local = [r[optimizer]["local_state_keys"] for r in ranks]
+    ranks = [ok(r[optimizer]) for r in scenario_results("zero")]
+    local = [r["local_state_keys"] for r in ranks]
     n_params = len(list(make_model().parameters()))
     assert all(len(keys) > 0 for keys in local) and sum(len(keys) for keys in local) == n_params
     assert all(keys == STATE_KEYS for rank_keys in local for keys in rank_keys)
-    assert len(ranks[0][optimizer]["consolidated_state_keys"]) == n_params
+    assert len(ranks[0]["consolidated_state_keys"]) == n_params
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_fsdp2_optimizer_state_is_sharded_dtensor(scenario_results, optimizer):
     """get_optimizer_state_dict sees the same keys and DTensor moments as for torch's AdamW, each rank a shard."""
     ranks = scenario_results("fsdp2")
-    types = ranks[0][optimizer]["state_types"]
-    assert types == ranks[0]["torch.AdamW"]["state_types"]
+    types = ok(ranks[0][optimizer])["state_types"]
+    assert types == ok(ranks[0]["torch.AdamW"])["state_types"]
     assert all(set(t) == STATE_KEYS and t["exp_avg"] == "DTensor" and t["exp_avg_sq"] == "DTensor"
                for t in types.values())
     model = make_model()
     for fqn, shape0 in ranks[0][optimizer]["local_shapes"].items():
         full = model.get_parameter(fqn).shape
-        assert shape0[0] + ranks[1][optimizer]["local_shapes"][fqn][0] == full[0]  # dim-0 shards
+        assert shape0[0] + ok(ranks[1][optimizer])["local_shapes"][fqn][0] == full[0]  # dim-0 shards
 
 
 @pytest.mark.parametrize("loaded_into", list(OPTIMIZERS))
@@ -257,8 +280,8 @@ def test_fsdp2_optimizer_state_is_sharded_dtensor(scenario_results, optimizer):
 def test_fsdp2_checkpoint_resumes_to_the_same_result(scenario_results, saved_by, loaded_into):
     """DCP checkpoint at step 3 -> fresh (differently initialized) sharded model -> steps 3..6 = uninterrupted run."""
     for rank_results in scenario_results("fsdp2"):
-        uninterrupted = rank_results[saved_by]["params"]
-        resumed = rank_results["resumed"][(saved_by, loaded_into)]
+        uninterrupted = ok(rank_results[saved_by])["params"]
+        resumed = ok(rank_results["resumed"][(saved_by, loaded_into)])
         if saved_by == loaded_into:  # same code, same numbers: bitwise
             assert_params_close(resumed, uninterrupted, rtol=0, atol=0)
         else:  # torch <-> fused checkpoint; steps 4..6 then run on the other implementation
