@@ -461,6 +461,10 @@ def main(argv=None):
                 print(f"{r['method']:>8}: test ELBO {r['test_elbo']:.2f} nats/image{iwae} "
                       f"(untrained {r['initial_test_elbo']:.2f}), {r['steps_per_s']:.0f} steps/s "
                       f"({r['steps']} steps, {args.device}, world size {ctx.world})")
+            if len(results) == 2:
+                fused, base = results
+                print(f"fused / baseline: {fused['steps_per_s'] / base['steps_per_s']:.2f}x steps/s, "
+                      f"test ELBO {fused['test_elbo'] - base['test_elbo']:+.2f} nats")
         metrics = {r["method"]: {k: v for k, v in r.items() if not k.startswith("_")} for r in results}
         if ctx.main and args.metrics:
             with open(args.metrics, "w") as f:
