@@ -377,17 +377,24 @@ def write_figure(results, test, args, path):
     grid = fig.add_gridspec(1 + len(results), 2, height_ratios=[1.6] + [1.0] * len(results))
     ax = fig.add_subplot(grid[0, :])
     colors = {"fused": "tab:red", "baseline": "tab:blue"}
+    dashes = {"fused": "-", "baseline": "--"}  # dashed on top: equal curves (--noise-seed) stay visible
     for r in results:
         loss = np.asarray(r["train_loss"])
         window = max(1, min(25, len(loss) // 10))
         smooth = np.convolve(-loss, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(window, len(loss) + 1), smooth, color=colors[r["method"]], alpha=0.6,
+        ax.plot(np.arange(window, len(loss) + 1), smooth, dashes[r["method"]], color=colors[r["method"]], alpha=0.5,
                 label=f"{r['method']} train (batch, smoothed)")
         steps, elbo = zip(*r["test_curve"])
-        ax.plot(steps, elbo, "o-", ms=3, color=colors[r["method"]],
+        ax.plot(steps, elbo, dashes[r["method"]], marker="o", ms=3, color=colors[r["method"]],
                 label=f"{r['method']} test: {r['test_elbo']:.2f} nats, {r['steps_per_s']:.0f} steps/s")
     bound = "ELBO" if args.num_samples == 1 else f"IWAE-{args.num_samples} bound (train), ELBO (test)"
-    ax.set(xlabel="step", ylabel=f"{bound} [nats/image]", title=f"VAE on 8x8 digits ({args.likelihood})")
+    untrained = results[0]["initial_test_elbo"]
+    ax.set(xlabel="step", ylabel=f"{bound} [nats/image]",
+           title=f"VAE on 8x8 digits ({args.likelihood}; untrained test ELBO {untrained:.1f}, off the axis)")
+    trained = [e for r in results for _, e in r["test_curve"][1:]]  # zoom past the untrained start
+    if trained:
+        lo, hi = min(trained), max(max(trained), max(-np.asarray(r["train_loss"]).mean() for r in results))
+        ax.set_ylim(lo - 0.3 * (hi - lo + 0.1), hi + 0.2 * (hi - lo + 0.1))
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     for row, r in enumerate(results, start=1):
