@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Compile-checks every csrc/cuda/*.cu for sm_80 and sm_90 with warnings as errors (host and device).
+# These files include only csrc/math/*.h and CUDA headers, so a partial toolkit without torch suffices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+if [ ! -x "$NVCC" ]; then
+  echo "nvcc-check: SKIPPED (no nvcc found; set NVCC=/path/to/nvcc)"
+  exit 0
+fi
+shopt -s nullglob
+files=(csrc/cuda/*.cu)
+if [ ${#files[@]} -eq 0 ]; then
+  echo "nvcc-check: no .cu files"
+  exit 0
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+for arch in 80 90; do
+  for f in "${files[@]}"; do
+    "$NVCC" -std=c++17 -O3 -Icsrc -c "$f" -o "$out/$(basename "$f").sm$arch.o" \
+      -gencode "arch=compute_$arch,code=sm_$arch" \
+      -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr
+    echo "nvcc-check: $f sm_$arch OK"
+  done
+done
