@@ -115,14 +115,16 @@ class NoiseKey:
     offset: int
 
 
-def explicit_noise(shape, key: NoiseKey, *, dtype, device):
-    """The eps fused_kingma.reparameterize draws for (seed, offset), from the pure-PyTorch reference.
+def explicit_noise(shape, key: NoiseKey, *, num_samples=1, dtype, device):
+    """The eps fused_kingma.reparameterize draws for mu of `shape` and (seed, offset): z's shape, from the reference
+    implementation of the noise definition (Philox4x32-10 + Box-Muller, computed on the host).
 
     The single place the baseline's explicit noise comes from: with it, baseline and fused runs see the same eps.
     """
     from fused_kingma import reference
 
-    return reference.philox_normal(shape, seed=key.seed, offset=key.offset, dtype=dtype, device=device)
+    eps = reference.reparam_eps_reference(key.seed, key.offset, tuple(shape), num_samples=num_samples)
+    return eps.to(dtype=dtype, device=device)
 
 
 def fused_reparameterize(mu, logvar, *, num_samples, free_bits, return_log_prob, noise):
@@ -139,7 +141,7 @@ def hand_written_reparameterize(mu, logvar, *, num_samples, free_bits, return_lo
     std = torch.exp(0.5 * logvar)
     shape = mu.shape if num_samples == 1 else (num_samples, *mu.shape)
     if noise is not None:
-        eps = explicit_noise(shape, noise, dtype=mu.dtype, device=mu.device)
+        eps = explicit_noise(mu.shape, noise, num_samples=num_samples, dtype=mu.dtype, device=mu.device)
     elif num_samples == 1:
         eps = torch.randn_like(mu)
     else:
