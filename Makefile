@@ -3,6 +3,7 @@
 #   PYTHON=python3     use that interpreter and its torch instead of .venv (e.g. the GPU machine)
 #   SYSTEM_TORCH=1     make .venv see the system site-packages and keep the torch found there
 #   BENCH_ARGS=...     extra flags for benchmarks/run.py (e.g. --tiny)
+#   DEMO_ARGS=...      flags for examples/train_vae.py (default: fused vs baseline, --compare)
 SHELL := /bin/bash
 export MAX_JOBS ?= 2
 
@@ -16,6 +17,7 @@ endif
 
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
+DEMO_ARGS ?= --compare
 
 .PHONY: venv build test bench demo gpu-check clean
 
