@@ -275,6 +275,19 @@ class _FusedAdamBase:
 
     # ---- checkpoints ----
 
+    _EXTRAS_OFF = {"ema_decay": None, "master_weights": False, "stochastic_rounding": False, "sr_seed": 0}
+
+    def state_dict(self):
+        # Extras left off are not written, so a checkpoint has exactly torch's param-group keys: strict
+        # loaders (torch.distributed.checkpoint) then load it into torch.optim and back. __setstate__
+        # restores the missing keys on load.
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            for key, off in self._EXTRAS_OFF.items():
+                if key in group and group[key] == off:
+                    del group[key]
+        return sd
+
     def load_state_dict(self, state_dict):
         # torch casts every state tensor to its param's dtype; our fp32 extras (master copy, its
         # fp32 moments, the EMA of fp16/bf16 params) keep their own dtype.

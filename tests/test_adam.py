@@ -504,3 +504,15 @@ def test_zero_redundancy_optimizer_wraps_fused_adamw():
     finally:
         if created:
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fused_cls, torch_cls", [(fk.FusedAdam, torch.optim.Adam), (fk.FusedAdamW, torch.optim.AdamW),
+                                                  (fk.FusedAdamax, torch.optim.Adamax)])
+def test_param_group_keys_equal_torch_when_extras_are_off(fused_cls, torch_cls):
+    # Strict loaders (torch.distributed.checkpoint) need the same keys on both sides.
+    p = torch.nn.Parameter(torch.ones(3))
+    ours = fused_cls([p]).state_dict()["param_groups"][0]
+    theirs = torch_cls([p]).state_dict()["param_groups"][0]
+    assert set(ours) == set(theirs)
+    with_ema = fused_cls([p], ema_decay=0.9).state_dict()["param_groups"][0]
+    assert with_ema["ema_decay"] == 0.9
