@@ -18,7 +18,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for arch in 80 90; do
   for f in "${files[@]}"; do
-    "$NVCC" -std=c++17 -O3 -Icsrc -c "$f" -o "$out/$(basename "$f").sm$arch.o" \
+    "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$out/$(basename "$f").sm$arch.o" \
       -gencode "arch=compute_$arch,code=sm_$arch" \
       -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr
     echo "nvcc-check: $f sm_$arch OK"

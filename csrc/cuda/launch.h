@@ -21,7 +21,9 @@ constexpr int64_t kChunk = 1 << 16;    // elements per block (a multiple of the 
 
 struct TensorRow {
   void* ptr[kMaxSlots];   // device pointers, nullptr for an absent slot; all of one row have `numel` elements
-  const float* step;      // this tensor's step counter on the device (capturable), or nullptr
+  void* step;             // this tensor's step counter on the device (float or double), or nullptr
+  double step_value;      // the (already incremented) step when `step` is nullptr
+  int64_t list_index;     // position in the op's tensor lists (stochastic rounding counter)
   int64_t numel;
   int64_t chunk_begin;    // first chunk of this row in the launch; set by number_chunks()
 };
@@ -37,30 +39,41 @@ inline int64_t number_chunks(TensorRow* rows, int64_t n) {
 }
 
 // How many rows one launch takes when the table travels as a kernel parameter (4 KiB limit).
-constexpr int kRowsPerParamLaunch = 36;
+constexpr int kRowsPerParamLaunch = 32;
 
 // =====================================================================================
-// Adam family
+// Adam family: the rule of csrc/math/adam.h, element for element as csrc/cpu/adam_kernel.h
+// (adam_range) applies it, so CUDA and CPU agree to rounding.
 // =====================================================================================
-enum AdamSlot : int { kParam = 0, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq, kMaster, kEma };
-enum class AdamVariant : int32_t { adam = 0, adamax = 1 };
+enum AdamSlot : int { kParam = 0, kGrad, kExpAvg, kSecond, kMaxSecond, kMaster, kEma };
+enum class AdamRule : int32_t { adam = 0, adam_amsgrad = 1, adamax = 2 };
 
-struct AdamArgs {
-  Dtype param_dtype;        // param (and grad) storage; fp32 master weights in kMaster when present
-  Dtype state_dtype;        // exp_avg, exp_avg_sq, max_exp_avg_sq, ema
-  AdamVariant variant;
-  bool amsgrad, maximize, decoupled_weight_decay, stochastic_rounding;
-  double lr, beta1, beta2, eps, weight_decay, ema_decay;
-  double step;              // used when a row's step pointer is null (step already incremented)
-  const float* lr_ptr;      // device lr (capturable / tensor lr), or nullptr -> lr
-  const float* grad_scale;  // GradScaler: grads are divided by *grad_scale (written back unscaled), or nullptr
-  const float* found_inf;   // GradScaler: the whole step is skipped when *found_inf != 0, or nullptr
-  const int64_t* sr_seed_offset;  // stochastic rounding noise (seed, offset) on the device, or nullptr
+// Storage of one launch's rows: param (= grad) dtype, state dtype (exp_avg, second moments),
+// ema dtype; master rows have an fp32 master copy (and fp32 state).
+struct AdamFormat {
+  Dtype param, state, ema;
+  bool master;
+  bool stochastic_rounding;  // bf16 params rounded stochastically (no master)
 };
 
-// One step over every row. With `device_rows` (a copy of `host_rows` in device memory, after
-// number_chunks) it is one launch; with device_rows == nullptr (e.g. while a CUDA graph is being
-// captured, when a host buffer could be reused before a replay) the rows travel as kernel
+struct AdamArgs {
+  AdamFormat format;
+  AdamRule rule;
+  bool maximize;
+  bool l2;                   // weight decay added to the grad (Adam without decoupled decay; Adamax)
+  bool decoupled;            // param *= 1 - lr * weight_decay first (AdamW)
+  bool ema;
+  bool step_f64;             // device step counters are float64 (else float32)
+  double lr, beta1, beta2, eps, weight_decay, ema_decay;
+  uint64_t sr_seed;          // stochastic rounding Philox key
+  const float* grad_scale;   // GradScaler: grads divided by it and written back unscaled, or nullptr
+  const float* found_inf;    // GradScaler: nothing changes when *found_inf != 0, or nullptr
+};
+
+// One step over every row: first the rows' device step counters += 1 (unless found_inf), then
+// the update. With `device_rows` (a copy of `host_rows` in device memory, after number_chunks)
+// that is two launches; with device_rows == nullptr (while a CUDA graph is being captured, when a
+// host buffer could be reused before a replay, or for short lists) the rows travel as kernel
 // parameters, kRowsPerParamLaunch per launch.
 cudaError_t adam_step(const AdamArgs& args, const TensorRow* host_rows, const TensorRow* device_rows, int64_t n_rows,
                       int64_t n_chunks, cudaStream_t stream);

@@ -23,39 +23,6 @@ FK_FN void normals_from_bits(const Philox4x32& bits, float (&out)[4]) {
   out[3] = rb * sinf(two_pi * u3);
 }
 
-// One Adam / AdamW / Adamax element in the compute type C (torch's single-tensor / fused rules).
-template <class C>
-struct AdamHyper {
-  C lr, beta1, beta2, eps, weight_decay;
-  C bias_correction1, bias_correction2_sqrt;  // 1 - beta1^t, sqrt(1 - beta2^t)
-  bool amsgrad, maximize, decoupled_weight_decay, adamax;
-};
-
-template <class C>
-FK_FN void adam_element(const AdamHyper<C>& h, C& p, C g, C& m, C& v, C& vmax) {
-  if (h.maximize) g = -g;
-  if (h.weight_decay != C(0)) {
-    if (h.decoupled_weight_decay) p = p - h.lr * h.weight_decay * p;
-    else g = g + h.weight_decay * p;
-  }
-  m = h.beta1 * m + (C(1) - h.beta1) * g;
-  const C step_size = h.lr / h.bias_correction1;
-  if (h.adamax) {  // v holds exp_inf
-    const C a = h.beta2 * v, b = fabs(g) + h.eps;
-    v = a > b ? a : b;
-    p = p - step_size * m / v;
-    return;
-  }
-  v = h.beta2 * v + (C(1) - h.beta2) * g * g;
-  C second = v;
-  if (h.amsgrad) {
-    vmax = vmax > v ? vmax : v;
-    second = vmax;
-  }
-  const C denom = sqrt(second) / h.bias_correction2_sqrt + h.eps;
-  p = p - step_size * m / denom;
-}
-
 // ---- Gaussian terms for one element, compute type C (fp32, fp64 for fp64) ----
 constexpr double kLog2Pi = 1.83787706640934548356;
 
