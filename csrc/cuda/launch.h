@@ -114,6 +114,8 @@ struct ReparamBackwardArgs {
   const void* grad_log_p;    // (num_samples, rows) or nullptr
   void* grad_mu;             // (rows, dim)
   void* grad_logvar;         // (rows, dim)
+  void* grad_prior_mu;       // (rows, dim), or nullptr (no prior, or it needs no grad)
+  void* grad_prior_logvar;   // (rows, dim), or nullptr
   int64_t rows, dim, num_samples;
 };
 

@@ -58,4 +58,17 @@ template <class C> FK_FN C log_p_term_dz(C z, C pm, C plv, bool std_prior) {
   return std_prior ? -z : -(z - pm) * exp(-plv);
 }
 
+// Derivatives in the prior's parameters (a learned prior): d kl_term / d(pm, plv) and
+// d log_p_term / d(pm, plv).
+template <class C> FK_FN void kl_term_grad_prior(C mu, C lv, C pm, C plv, C& d_pm, C& d_plv) {
+  const C ip = exp(-plv), d = mu - pm;
+  d_pm = -d * ip;
+  d_plv = C(0.5) * (C(1) - (exp(lv) + d * d) * ip);
+}
+template <class C> FK_FN void log_p_term_grad_prior(C z, C pm, C plv, C& d_pm, C& d_plv) {
+  const C ip = exp(-plv), d = z - pm;
+  d_pm = d * ip;
+  d_plv = C(0.5) * (d * d * ip - C(1));
+}
+
 }  // namespace fused_kingma::math

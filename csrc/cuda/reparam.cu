@@ -153,7 +153,8 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
        t += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t i0 = t * kVec;
     const int count = N - i0 < kVec ? static_cast<int>(N - i0) : kVec;
-    C m[kVec], l[kVec], sig[kVec], pm[kVec], pl[kVec], gm[kVec], gl[kVec];
+    C m[kVec], l[kVec], sig[kVec], pm[kVec], pl[kVec], gm[kVec], gl[kVec], gpm[kVec], gpl[kVec];
+    const bool prior_grads = a.grad_prior_mu != nullptr;
     int64_t row[kVec];
     {
       int64_t r = need_row ? i0 / D : 0, j = need_row ? i0 - r * D : 0;
@@ -197,6 +198,8 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
       sig[q] = exp(C(0.5) * l[q]);
       gm[q] = 0;
       gl[q] = 0;
+      gpm[q] = 0;
+      gpl[q] = 0;
       C g_kl = 0;
       if (a.grad_kl != nullptr) g_kl += static_cast<C>(to_float(*at<T>(a.grad_kl, row[q < count ? q : 0])));
       if (a.grad_kl_elem != nullptr) g_kl += static_cast<C>(to_float(*at<T>(a.grad_kl_elem, i)));
@@ -205,6 +208,12 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         math::kl_term_grad<C>(m[q], l[q], pm[q], pl[q], std_prior, d_mu, d_lv);
         gm[q] += g_kl * d_mu;
         gl[q] += g_kl * d_lv;
+        if (prior_grads) {
+          C d_pm, d_plv;
+          math::kl_term_grad_prior<C>(m[q], l[q], pm[q], pl[q], d_pm, d_plv);
+          gpm[q] += g_kl * d_pm;
+          gpl[q] += g_kl * d_plv;
+        }
       }
     }
     for (int64_t k = 0; k < a.num_samples; ++k) {
@@ -221,8 +230,14 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         C gz = a.grad_z != nullptr ? static_cast<C>(to_float(*at<T>(a.grad_z, e0 + q))) : C(0);
         if (a.grad_log_p != nullptr) {
           const C zq = m[q] + sig[q] * eps;
-          gz += static_cast<C>(to_float(*at<T>(a.grad_log_p, k * a.rows + row[q]))) *
-                math::log_p_term_dz<C>(zq, pm[q], pl[q], std_prior);
+          const C h = static_cast<C>(to_float(*at<T>(a.grad_log_p, k * a.rows + row[q])));
+          gz += h * math::log_p_term_dz<C>(zq, pm[q], pl[q], std_prior);
+          if (prior_grads) {
+            C d_pm, d_plv;
+            math::log_p_term_grad_prior<C>(zq, pm[q], pl[q], d_pm, d_plv);
+            gpm[q] += h * d_pm;
+            gpl[q] += h * d_plv;
+          }
         }
         gm[q] += gz;
         gl[q] += gz * C(0.5) * sig[q] * eps;
@@ -244,6 +259,14 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         if (q >= count) continue;
         *at<T>(a.grad_mu, i0 + q) = out_mu[q];
         *at<T>(a.grad_logvar, i0 + q) = out_lv[q];
+      }
+    }
+    if (prior_grads) {
+#pragma unroll
+      for (int q = 0; q < kVec; ++q) {
+        if (q >= count) continue;
+        *at<T>(a.grad_prior_mu, i0 + q) = store_cast<T>(gpm[q]);
+        *at<T>(a.grad_prior_logvar, i0 + q) = store_cast<T>(gpl[q]);
       }
     }
   }
