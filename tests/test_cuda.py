@@ -137,6 +137,7 @@ def test_adam_cuda_matches_cpu_kernel(dtype, name):
     assert_groups_close(gpu, cpu, dtype, name)
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 @pytest.mark.parametrize("variant", ["master", "master_ema", "ema", "stochastic_rounding", "sr_ema"])
 def test_adam_cuda_mixed_precision_matches_cpu(dtype, variant):
@@ -153,6 +154,7 @@ def test_adam_cuda_mixed_precision_matches_cpu(dtype, variant):
     assert_groups_close(gpu, cpu, dtype, variant)
 
 
+@pytest.mark.sanitize
 def test_adam_cuda_many_tensors_table_and_param_paths_agree():
     # 100 tensors: more than one kernel-parameter batch (32 rows) -> the device table path; the
     # same group 20 tensors at a time goes through the parameter path. Same kernel body: bitwise.
@@ -168,6 +170,7 @@ def test_adam_cuda_many_tensors_table_and_param_paths_agree():
     assert_groups_close(whole, cpu, torch.float32, "vs cpu")
 
 
+@pytest.mark.sanitize
 def test_adam_cuda_non_contiguous_and_misaligned_tensors():
     # A transposed param (staged through a dense temporary) and views at an odd element offset
     # (pointers not 16-byte aligned: the kernel's scalar path).
@@ -184,6 +187,7 @@ def test_adam_cuda_non_contiguous_and_misaligned_tensors():
     assert_groups_close(gpu, cpu, torch.float32, "views")
 
 
+@pytest.mark.sanitize
 @pytest.mark.parametrize("where", ["device", "cpu"])
 def test_adam_cuda_grad_scaler(where):
     where = CUDA if where == "device" else torch.device("cpu")
