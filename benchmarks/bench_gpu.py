@@ -74,8 +74,10 @@ def _reparam_rows(tiny, device, bw):
         return fused_kingma.reparameterize(mu, logvar)
 
     def fwd(fn):
-        with torch.no_grad():
-            return lambda: fn()
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
 
     def fwd_bwd(fn):
         def run():
