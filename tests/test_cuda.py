@@ -324,3 +324,161 @@ def test_adam_cuda_huge_tensor_past_2_31_elements():
     assert_close_scaled(got, ref["params"][0], TOL[torch.bfloat16], "params around 2^31")
     got_m = torch.cat([group["exp_avgs"][0][i:i + 4].cpu() for i in probes])
     assert_close_scaled(got_m, ref["exp_avgs"][0], TOL[torch.bfloat16], "exp_avg around 2^31")
+
+
+# =====================================================================================
+# Reparameterization + KL through the public function, with explicit (seed, offset) so the CPU and
+# the CUDA kernel draw the same noise.
+# =====================================================================================
+TOL_Z = {torch.float64: 2e-6, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+TOL_KL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+# Philox4x32-10 and the noise definition of README "How the noise is defined", in plain Python:
+# an oracle independent of both kernels (used for a few elements).
+_M32 = 0xFFFFFFFF
+
+
+def philox_words(seed, offset, block):
+    c = [block & _M32, (block >> 32) & _M32, offset & _M32, (offset >> 32) & _M32]
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + 0x9E3779B9) & _M32, (k1 + 0xBB67AE85) & _M32
+        p0, p1 = 0xD2511F53 * c[0], 0xCD9E8D57 * c[2]
+        c = [((p1 >> 32) ^ c[1] ^ k0) & _M32, p1 & _M32, ((p0 >> 32) ^ c[3] ^ k1) & _M32, p0 & _M32]
+    return c
+
+
+def reference_normal(seed, offset, i):
+    import math
+
+    import numpy as np
+
+    w = philox_words(seed, offset, i // 4)
+    u = [float(np.float32(x) * np.float32(2.0**-32) + np.float32(2.0**-33)) for x in w]
+    a, b = (u[0], u[1]) if i % 4 < 2 else (u[2], u[3])
+    r = math.sqrt(-2.0 * math.log(a))
+    return r * (math.cos(2 * math.pi * b) if i % 2 == 0 else math.sin(2 * math.pi * b))
+
+
+def reparam(mu, logvar, **kw):
+    return fused_kingma.reparameterize(mu, logvar, **kw)
+
+
+def random_latents(shape, dtype, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    logvar = (0.5 * torch.randn(shape, generator=g, dtype=torch.float64)).to(dtype)
+    return mu.to(device), logvar.to(device)
+
+
+# (1,), odd last dims (Philox blocks straddle rows), one row >= 1024 (a block per row).
+REPARAM_SHAPES = [(1,), (7,), (3, 5), (64, 33), (4, 1031)]
+
+
+@pytest.mark.sanitize
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", REPARAM_SHAPES, ids=str)
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_reparam_cuda_matches_cpu_kernel(dtype, shape, num_samples):
+    mu, logvar = random_latents(shape, dtype, seed=11)
+    kw = dict(num_samples=num_samples, seed=1234, offset=8)
+    results = {}
+    for dev in ("cpu", CUDA):
+        m = mu.to(dev).requires_grad_()
+        lv = logvar.to(dev).requires_grad_()
+        z, kl = reparam(m, lv, **kw)
+        g = torch.Generator().manual_seed(12)
+        gz = torch.randn(z.shape, generator=g, dtype=torch.float64).to(dtype).to(dev)
+        gkl = torch.randn(kl.shape, generator=g, dtype=torch.float64).to(dtype).to(dev)
+        torch.autograd.backward([z, kl], [gz, gkl])
+        results[str(dev)] = (z.detach(), kl.detach(), m.grad, lv.grad)
+    (zc, klc, gmc, glc), (zg, klg, gmg, glg) = results["cpu"], results[str(CUDA)]
+    assert_close_scaled(zg, zc, TOL_Z[dtype], "z")
+    assert_close_scaled(klg, klc, TOL_KL[dtype], "kl")
+    assert_close_scaled(gmg, gmc, TOL_Z[dtype], "grad mu")
+    assert_close_scaled(glg, glc, TOL_Z[dtype], "grad logvar")
+
+
+@pytest.mark.sanitize
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_reparam_cuda_prior_matches_cpu_kernel(dtype):
+    mu, logvar = random_latents((9, 37), dtype, seed=13)
+    pm, plv = random_latents((37,), dtype, seed=14)  # broadcast over the batch, learned
+    results = {}
+    for dev in ("cpu", CUDA):
+        leaves = [t.to(dev).requires_grad_() for t in (mu, logvar, pm, plv)]
+        z, kl = reparam(leaves[0], leaves[1], prior=(leaves[2], leaves[3]), num_samples=2, seed=5, offset=0)
+        (z.square().sum() + kl.sum()).backward()
+        results[str(dev)] = [z.detach(), kl.detach()] + [t.grad for t in leaves]
+    for name, a, b in zip(["z", "kl", "grad mu", "grad logvar", "grad prior mu", "grad prior logvar"],
+                          results[str(CUDA)], results["cpu"]):
+        assert_close_scaled(a, b, TOL_Z[dtype], name)
+
+
+@pytest.mark.sanitize
+def test_reparam_cuda_noise_is_the_defined_noise():
+    # mu = 0, logvar = 0: z is the noise itself; check elements against the plain-Python oracle,
+    # in the first Philox block, at a row boundary and at the end.
+    n = 3 * 4099
+    z, _ = reparam(torch.zeros(3, 4099, device=CUDA), torch.zeros(3, 4099, device=CUDA), seed=2**40 + 7, offset=3)
+    flat = z.flatten().cpu().double()
+    for i in [0, 1, 2, 3, 4098, 4099, 4100, n - 1]:
+        want = reference_normal(2**40 + 7, 3, i)
+        assert abs(flat[i].item() - want) <= 1e-5 * max(1.0, abs(want)), (i, flat[i].item(), want)
+
+
+@pytest.mark.parametrize("dim", [5, 64, 1024, 4099])
+def test_reparam_cuda_row_reduction_is_deterministic_and_exact(dim):
+    # Run twice: the per-row sums must be bitwise equal (fixed reduction order, no atomics), and
+    # equal to a float64 sum to fp32 rounding.
+    mu, logvar = random_latents((37, dim), torch.float32, seed=15, device=CUDA)
+    kl1 = reparam(mu, logvar, seed=1, offset=0)[1]
+    kl2 = reparam(mu, logvar, seed=1, offset=0)[1]
+    assert torch.equal(kl1, kl2)
+    m, lv = mu.double(), logvar.double()
+    want = 0.5 * (m.square() + lv.exp() - 1 - lv).sum(-1)
+    assert_close_scaled(kl1.double(), want, 1e-5, "kl vs float64")
+
+
+@needs_gpu
+def test_reparam_cuda_graph_replay_draws_fresh_noise():
+    mu = torch.zeros(256, 64, device="cuda")
+    logvar = torch.zeros(256, 64, device="cuda")
+    reparam(mu, logvar)  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z, kl = reparam(mu, logvar)
+    draws = []
+    for _ in range(3):
+        graph.replay()
+        draws.append(z.clone())
+    torch.cuda.synchronize()
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[1], draws[2]), "replays reused noise"
+    for d in draws:
+        assert abs(d.mean().item()) < 0.05 and abs(d.std().item() - 1) < 0.05
+    assert torch.equal(kl, torch.zeros_like(kl))
+
+
+@needs_gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or free_gpu_bytes() < 20 * 2**30, reason="needs 20 GiB free")
+def test_reparam_cuda_huge_batch_past_2_31_elements():
+    rows, dim = 2**22 + 1, 512  # 2^31 + 512 elements, bf16
+    mu = torch.zeros(rows, dim, device="cuda", dtype=torch.bfloat16)
+    logvar = torch.zeros_like(mu)
+    seed, offset = 99, 5
+    z, kl = reparam(mu, logvar, seed=seed, offset=offset)
+    flat = z.flatten()
+    for i in [0, 2**31 - 2, 2**31, 2**31 + 3, rows * dim - 1]:
+        want = reference_normal(seed, offset, i)
+        got = flat[i].float().item()
+        assert abs(got - want) <= 1e-2 * max(1.0, abs(want)), (i, got, want)
+    assert kl.shape == (rows,) and torch.equal(kl, torch.zeros_like(kl))
+
+
+def test_reparam_cuda_bad_inputs():
+    mu, logvar = random_latents((4, 6), torch.float32, seed=16, device=CUDA)
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="logvar"):
+        reparam(mu, logvar.cpu() if not DRY_RUN else logvar[:, :5])
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="logvar"):
+        reparam(mu, logvar.double())
