@@ -42,5 +42,11 @@ bench: build
 demo: build
 	$(PY) examples/train_vae.py $(DEMO_ARGS)
 
+# Everything that needs a GPU, in one go (fits a 10-minute call on an H100): CUDA build, CUDA
+# tests, GPU benchmarks, compute-sanitizer, CPU suite. Uses the machine's torch (PYTHON, default
+# python3): never installs one. Logs to $OUT (or build/gpu-check/). See .ci/gpu_check.sh.
+gpu-check:
+	PYTHON=$(or $(PYTHON),python3) .ci/gpu_check.sh
+
 clean:
 	rm -rf build fused_kingma/_C*.so

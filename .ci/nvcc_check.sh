@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-checks every csrc/cuda/*.cu for sm_80 and sm_90 with warnings as errors (host and device).
 # These files include only csrc/math/*.h and CUDA headers, so a partial toolkit without torch suffices.
+# The -D__CUDA_NO_* flags are the ones torch's CUDAExtension passes (no implicit half/bf16 conversions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -18,9 +19,11 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 for arch in 80 90; do
   for f in "${files[@]}"; do
-    "$NVCC" -std=c++17 -O3 -Icsrc -c "$f" -o "$out/$(basename "$f").sm$arch.o" \
+    "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$out/$(basename "$f").sm$arch.o" \
       -gencode "arch=compute_$arch,code=sm_$arch" \
-      -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr
+      -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr -DFK_WITH_CUDA \
+      -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+      -D__CUDA_NO_HALF2_OPERATORS__
     echo "nvcc-check: $f sm_$arch OK"
   done
 done

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 BENCHES = ["bench_adam", "bench_reparam"]
+GPU_BENCHES = ["bench_gpu"]  # configurations that only make sense on a GPU (issue 5)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,7 +43,7 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "benchmarks": {},
     }
-    for name in args.only or BENCHES:
+    for name in args.only or BENCHES + (GPU_BENCHES if args.device == "cuda" else []):
         mod = importlib.import_module(name)
         print(f"\n## {name} on {machine}\n", flush=True)
         res = mod.run(tiny=args.tiny, device=args.device)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# `make gpu-check`: everything that needs a GPU, in one go that fits a 10-minute call on an H100
+# (build included). Uses the machine's own torch (PYTHON, default python3); never installs one.
+#   1. build with the CUDA kernels (FUSED_KINGMA_CUDA=1, this GPU's arch only unless
+#      TORCH_CUDA_ARCH_LIST is set, MAX_JOBS=16)
+#   2. pytest -m cuda
+#   3. the GPU benchmarks (benchmarks/run.py --device cuda -> benchmarks/results/<gpu>.json)
+#   4. compute-sanitizer memcheck over the CUDA tests, racecheck over the reduction tests
+#   5. the CPU suite (CI runs it too: last, in whatever time is left)
+# One log, gpu-check.log, plus summary.txt and the results JSON go to $OUT when set (else
+# build/gpu-check/). Each step runs under its own limit and within GPU_CHECK_BUDGET seconds in
+# all (default 570); a failed step does not stop the next; exit 1 if any failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+LOG=${OUT:-build/gpu-check}
+BUDGET=${GPU_CHECK_BUDGET:-570}
+mkdir -p "$LOG"
+ALL="$LOG/gpu-check.log"
+: >"$ALL"
+export PYTHONUNBUFFERED=1
+export MAX_JOBS=${GPU_MAX_JOBS:-16}
+export FUSED_KINGMA_CUDA=1
+declare -a summary=()
+failed=0
+
+step() {  # step <name> <seconds> <command...>: runs it within the budget left, records the outcome
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - SECONDS - 5))
+  if [ "$left" -lt 20 ]; then
+    summary+=("SKIP  $name (time budget spent)")
+    return 1
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  local t0=$SECONDS
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$ALL"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$ALL"
+  local rc=${PIPESTATUS[0]}
+  local took=$((SECONDS - t0))
+  if [ "$rc" -eq 0 ]; then summary+=("PASS  $name (${took}s)"); else summary+=("FAIL  $name rc=$rc (${took}s)"); failed=1; fi
+  return "$rc"
+}
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv || true
+  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(), "cap", torch.cuda.get_device_capability())'
+  command -v nvcc && nvcc --version | tail -2
+  command -v compute-sanitizer || echo "compute-sanitizer: not found"
+} 2>&1 | tee -a "$ALL"
+
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+  TORCH_CUDA_ARCH_LIST=$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>/dev/null || echo "8.0;9.0")
+  export TORCH_CUDA_ARCH_LIST
+fi
+
+if ! step build 240 "$PY" setup.py -q build_ext --inplace; then
+  printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"
+  exit 1
+fi
+step built-with-cuda 60 "$PY" -c 'import fused_kingma as f; assert f._C.built_with_cuda, "built without CUDA"; print("built_with_cuda", f._C.built_with_cuda)'
+step pytest-cuda 150 "$PY" -m pytest -q -m cuda tests/
+step bench 200 "$PY" benchmarks/run.py --device cuda
+find benchmarks/results -name "*.json" -newer "$ALL" -exec cp {} "$LOG/" \; 2>/dev/null
+
+if command -v compute-sanitizer >/dev/null; then
+  # The small tests marked `sanitize` (the sanitizer slows kernels 10-100x).
+  step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 99 --target-processes all \
+    "$PY" -m pytest -q -x -m "cuda and sanitize" tests/test_cuda.py
+  step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 99 --target-processes all \
+    "$PY" -m pytest -q -x -m cuda -k "reduction" tests/test_cuda.py
+else
+  summary+=("SKIP  compute-sanitizer (not installed)")
+fi
+step pytest-cpu 240 "$PY" -m pytest -q -x -m "not cuda and not slow" tests/
+
+echo
+echo "=== gpu-check summary"
+printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"
+exit $failed

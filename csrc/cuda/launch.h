@@ -1,0 +1,130 @@
+// The CUDA kernels' host interface: plain structs of device pointers and sizes, and launchers that
+// take a cudaStream_t. No torch here: csrc/cuda/*.cu include this and compile with nvcc alone, and
+// the torch glue (csrc/cuda_glue/*.cpp) fills these structs from tensors.
+// Launchers return the cudaError_t of their launch (cudaSuccess when there was nothing to do).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace fused_kingma::cuda {
+
+enum class Dtype : int32_t { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+
+// =====================================================================================
+// Multi-tensor table: one row per parameter tensor. A launch covers all rows; each block
+// handles one chunk of kChunk elements of one tensor, found by binary search over chunk_begin.
+// =====================================================================================
+constexpr int kMaxSlots = 7;           // arrays per tensor (param, grad, state, ...)
+constexpr int64_t kChunk = 1 << 16;    // elements per block (a multiple of the vector width)
+
+struct TensorRow {
+  void* ptr[kMaxSlots];   // device pointers, nullptr for an absent slot; all of one row have `numel` elements
+  void* step;             // this tensor's step counter on the device (float or double), or nullptr
+  double step_value;      // the (already incremented) step when `step` is nullptr
+  int64_t list_index;     // position in the op's tensor lists (stochastic rounding counter)
+  int64_t numel;
+  int64_t chunk_begin;    // first chunk of this row in the launch; set by number_chunks()
+};
+
+// Numbers the chunks of rows[0..n) (chunk_begin) and returns how many there are in all.
+inline int64_t number_chunks(TensorRow* rows, int64_t n) {
+  int64_t chunks = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    rows[i].chunk_begin = chunks;
+    chunks += (rows[i].numel + kChunk - 1) / kChunk;
+  }
+  return chunks;
+}
+
+// How many rows one launch takes when the table travels as a kernel parameter (4 KiB limit).
+constexpr int kRowsPerParamLaunch = 32;
+
+// =====================================================================================
+// Adam family: the rule of csrc/math/adam.h, element for element as csrc/cpu/adam_kernel.h
+// (adam_range) applies it, so CUDA and CPU agree to rounding.
+// =====================================================================================
+enum AdamSlot : int { kParam = 0, kGrad, kExpAvg, kSecond, kMaxSecond, kMaster, kEma };
+enum class AdamRule : int32_t { adam = 0, adam_amsgrad = 1, adamax = 2 };
+
+// Storage of one launch's rows: param (= grad) dtype, state dtype (exp_avg, second moments),
+// ema dtype; master rows have an fp32 master copy (and fp32 state).
+struct AdamFormat {
+  Dtype param, state, ema;
+  bool master;
+  bool stochastic_rounding;  // bf16 params rounded stochastically (no master)
+};
+
+struct AdamArgs {
+  AdamFormat format;
+  AdamRule rule;
+  bool maximize;
+  bool l2;                   // weight decay added to the grad (Adam without decoupled decay; Adamax)
+  bool decoupled;            // param *= 1 - lr * weight_decay first (AdamW)
+  bool ema;
+  bool step_f64;             // device step counters are float64 (else float32)
+  double lr, beta1, beta2, eps, weight_decay, ema_decay;
+  uint64_t sr_seed;          // stochastic rounding Philox key
+  const float* grad_scale;   // GradScaler: grads divided by it and written back unscaled, or nullptr
+  const float* found_inf;    // GradScaler: nothing changes when *found_inf != 0, or nullptr
+};
+
+// One step over every row: first the rows' device step counters += 1 (unless found_inf), then
+// the update. With `device_rows` (a copy of `host_rows` in device memory, after number_chunks)
+// that is two launches; with device_rows == nullptr (while a CUDA graph is being captured, when a
+// host buffer could be reused before a replay, or for short lists) the rows travel as kernel
+// parameters, kRowsPerParamLaunch per launch.
+cudaError_t adam_step(const AdamArgs& args, const TensorRow* host_rows, const TensorRow* device_rows, int64_t n_rows,
+                      int64_t n_chunks, cudaStream_t stream);
+
+// =====================================================================================
+// Reparameterization + Gaussian KL. Tensors are contiguous; mu and logvar are (rows, dim);
+// z is (num_samples, rows, dim); the prior, when present, is expanded to (rows, dim) by the glue.
+// Noise of z's flat element i per README "How the noise is defined", (seed, offset) read on the
+// device from seed_offset[0], seed_offset[1] (so a captured graph draws fresh noise on replay).
+// Per-row sums run in fp32 (fp64 for fp64) in a fixed order: deterministic, no atomics.
+// =====================================================================================
+struct ReparamForwardArgs {
+  Dtype dtype;
+  const void* mu;
+  const void* logvar;
+  const void* prior_mu;      // nullptr: N(0, I)
+  const void* prior_logvar;  // nullptr with prior_mu
+  const int64_t* seed_offset;
+  void* z;                   // (num_samples, rows, dim)
+  void* kl;                  // (rows,) or nullptr
+  void* kl_elem;             // (rows, dim) per-element KL (free bits needs it), or nullptr
+  void* log_q;               // (num_samples, rows) or nullptr
+  void* log_p;               // (num_samples, rows) or nullptr
+  int64_t rows, dim, num_samples;
+};
+
+struct ReparamBackwardArgs {
+  Dtype dtype;
+  const void* mu;
+  const void* logvar;
+  const void* prior_mu;
+  const void* prior_logvar;
+  const int64_t* seed_offset;
+  const void* grad_z;        // (num_samples, rows, dim) or nullptr (zero)
+  const void* grad_kl;       // (rows,) or nullptr
+  const void* grad_kl_elem;  // (rows, dim) or nullptr
+  const void* grad_log_q;    // (num_samples, rows) or nullptr
+  const void* grad_log_p;    // (num_samples, rows) or nullptr
+  void* grad_mu;             // (rows, dim)
+  void* grad_logvar;         // (rows, dim)
+  void* grad_prior_mu;       // (rows, dim), or nullptr (no prior, or it needs no grad)
+  void* grad_prior_logvar;   // (rows, dim), or nullptr
+  int64_t rows, dim, num_samples;
+};
+
+cudaError_t reparam_forward(const ReparamForwardArgs& args, cudaStream_t stream);
+cudaError_t reparam_backward(const ReparamBackwardArgs& args, cudaStream_t stream);
+
+// The noise alone, for tests and users who want it: out[i] = uniform (or standard normal) number i
+// of (seed, offset), i in [0, n), fp32.
+cudaError_t philox_uniform(float* out, int64_t n, const int64_t* seed_offset, cudaStream_t stream);
+cudaError_t philox_normal(float* out, int64_t n, const int64_t* seed_offset, cudaStream_t stream);
+
+}  // namespace fused_kingma::cuda

@@ -1,0 +1,223 @@
+// CUDA kernel of fused_kingma::adam_step_ (schema in csrc/ops.cpp; CPU twin csrc/cpu/adam_cpu.cpp):
+// checks everything first (a bad tensor leaves everything untouched), then one multi-tensor
+// launch per storage format over all tensors of the group (csrc/cuda/adam.cu).
+//
+// Capturable use: with the step counters, grad_scale and found_inf on the GPU nothing here syncs
+// with the host, and while a CUDA graph is being captured the tensor table travels as kernel
+// parameters (no host buffer the graph could read after it was reused). Step counters on the
+// CPU (torch's default for non-capturable Adam) are incremented here on the host; with a
+// found_inf on the GPU that needs found_inf's value first (one sync, as torch's non-fused path).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/launch.h"
+#include "cuda_glue/glue.h"
+
+namespace fused_kingma::cuda_glue {
+namespace {
+
+void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType want, int64_t i, const char* what) {
+  TORCH_CHECK(t.defined(), "tensor ", i, ": ", what, " is missing (None)");
+  TORCH_CHECK(t.layout() == at::kStrided, "tensor ", i, ": ", what, " is sparse (layout ", t.layout(),
+              "); fused_kingma's Adam needs dense tensors (torch.optim.SparseAdam handles sparse gradients)");
+  TORCH_CHECK(t.device() == param.device(), "tensor ", i, ": ", what, " is on ", t.device(),
+              " but the parameter is on ", param.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == want, "tensor ", i, ": ", what, " has dtype ", dtype_str(t.scalar_type()),
+                   " but ", dtype_str(want), " was expected (parameter dtype ", dtype_str(param.scalar_type()), ")");
+  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), "tensor ", i, ": ", what, " has shape ", shape_str(t.sizes()),
+                    " but the parameter has shape ", shape_str(param.sizes()));
+}
+
+void check_list_size(at::TensorList list, size_t want, const char* what) {
+  TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");
+}
+
+at::Tensor real_view(const at::Tensor& t) { return t.defined() && t.is_complex() ? at::view_as_real(t) : t; }
+
+// grad_scale / found_inf as a float32 pointer on `device` (converted / copied there if needed).
+std::optional<at::Tensor> scalar_on_device(const std::optional<at::Tensor>& t, const at::Device& device) {
+  if (!t.has_value()) return std::nullopt;
+  if (t->device() == device && t->scalar_type() == at::kFloat) return *t;
+  return t->to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/false);
+}
+
+void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                    at::TensorList second_moments, at::TensorList max_second_moments, at::TensorList steps,
+                    at::TensorList master_params, at::TensorList emas, c10::string_view rule, double lr, double beta1,
+                    double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
+                    bool maximize, double ema_decay, bool stochastic_rounding, int64_t seed,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    bool check_only) {
+  const size_t n = params.size();
+  const bool adamax = rule == "adamax";
+  TORCH_CHECK_VALUE(adamax || rule == "adam", "rule must be 'adam' or 'adamax', got '", std::string(rule), "'");
+  TORCH_CHECK_VALUE(!(adamax && amsgrad), "amsgrad is not defined for Adamax");
+  for (double v : {lr, beta1, beta2, eps, weight_decay, ema_decay}) {
+    TORCH_CHECK_VALUE(std::isfinite(v), "hyper-parameters must be finite (lr=", lr, ", betas=(", beta1, ", ", beta2,
+                      "), eps=", eps, ", weight_decay=", weight_decay, ", ema_decay=", ema_decay, ")");
+  }
+  check_list_size(grads, n, "grads");
+  check_list_size(exp_avgs, n, "exp_avgs");
+  check_list_size(second_moments, n, "second moments (exp_avg_sq / exp_inf)");
+  check_list_size(max_second_moments, amsgrad ? n : 0, "max_exp_avg_sqs");
+  check_list_size(steps, n, "steps");
+  const bool master = !master_params.empty();
+  const bool ema = !emas.empty();
+  if (master) check_list_size(master_params, n, "master_params");
+  if (ema) check_list_size(emas, n, "emas");
+  if (n == 0) return;
+
+  TORCH_CHECK(params[0].defined(), "tensor 0: the parameter is missing (None)");
+  const at::Device device = params[0].device();
+  TORCH_CHECK(device.is_cuda(), "tensor 0: the parameter is on ", device,
+              " but this is the CUDA kernel (another tensor of the call is on a GPU); put all tensors of a "
+              "param group and its state on one device");
+  for (const auto* opt : {&grad_scale, &found_inf}) {
+    if (opt->has_value()) {
+      const at::Tensor& t = **opt;
+      TORCH_CHECK_VALUE(t.numel() == 1 && (t.device().is_cpu() || t.device() == device) && t.is_floating_point(),
+                        "grad_scale / found_inf must be 1-element floating-point tensors on ", device,
+                        " or the CPU, got shape ", shape_str(t.sizes()), " ", dtype_str(t.scalar_type()), " on ",
+                        t.device());
+    }
+  }
+  bool any_host_step = false;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
+    TORCH_CHECK(p.device() == device, "tensor ", i, ": the parameter is on ", p.device(), " but tensor 0 is on ",
+                device, "; a param group's tensors must share one device");
+    TORCH_CHECK(p.layout() == at::kStrided, "tensor ", i, ": the parameter is sparse");
+    const auto dt = p.scalar_type();
+    TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
+                         dt == at::kComplexFloat || dt == at::kComplexDouble,
+                     "tensor ", i, ": parameters must be float32, float64, float16, bfloat16 or complex; got ",
+                     dtype_str(dt));
+    const bool with_master = master && master_params[i].defined();
+    TORCH_CHECK_VALUE(!with_master || is_low_precision(dt), "tensor ", i,
+                      ": a master copy is only kept for float16 / bfloat16 parameters, not ", dtype_str(dt));
+    const at::ScalarType state_dt = with_master ? at::kFloat : dt;
+    check_like(grads[i], p, dt, i, "grad");
+    check_like(exp_avgs[i], p, state_dt, i, "exp_avg");
+    check_like(second_moments[i], p, state_dt, i, adamax ? "exp_inf" : "exp_avg_sq");
+    if (amsgrad) check_like(max_second_moments[i], p, state_dt, i, "max_exp_avg_sq");
+    if (with_master) check_like(master_params[i], p, at::kFloat, i, "master param");
+    if (ema) check_like(emas[i], p, is_low_precision(dt) ? at::kFloat : dt, i, "ema");
+    const at::Tensor& s = steps[i];
+    TORCH_CHECK_VALUE(s.defined() && s.numel() == 1 && (s.device().is_cpu() || s.device() == device) &&
+                          (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
+                      "tensor ", i, ": state 'step' must be a 1-element float32/float64 tensor on the CPU or ", device,
+                      ", got ",
+                      s.defined() ? shape_str(s.sizes()) + " " + dtype_str(s.scalar_type()) + " on " +
+                                        s.device().str()
+                                  : std::string("None"));
+    any_host_step |= s.device().is_cpu();
+  }
+  if (check_only) return;
+
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  // found_inf's value is needed on the host when it lives there, or when host step counters must
+  // not be incremented on a skipped step.
+  if (found_inf.has_value() && (found_inf->device().is_cpu() || any_host_step)) {
+    if (found_inf->item<double>() != 0.0) return;  // GradScaler found inf/NaN: skip the step
+  }
+  const std::optional<at::Tensor> scale_dev = scalar_on_device(grad_scale, device);
+  const std::optional<at::Tensor> inf_dev =
+      found_inf.has_value() && found_inf->device() == device ? scalar_on_device(found_inf, device) : std::nullopt;
+
+  cuda::AdamArgs base{};
+  base.rule = adamax ? cuda::AdamRule::adamax : (amsgrad ? cuda::AdamRule::adam_amsgrad : cuda::AdamRule::adam);
+  base.maximize = maximize;
+  const bool decoupled = decoupled_weight_decay && !adamax;
+  base.decoupled = decoupled;
+  base.l2 = !decoupled && weight_decay != 0.0;
+  base.ema = ema;
+  base.lr = lr;
+  base.beta1 = beta1;
+  base.beta2 = beta2;
+  base.eps = eps;
+  base.weight_decay = weight_decay;
+  base.ema_decay = ema_decay;
+  base.sr_seed = static_cast<uint64_t>(seed);
+  base.grad_scale = scale_dev.has_value() ? scale_dev->data_ptr<float>() : nullptr;
+  base.found_inf = inf_dev.has_value() ? inf_dev->data_ptr<float>() : nullptr;
+
+  // Rows grouped by what the kernel is compiled for: (param dtype, master copy, device step dtype).
+  using Key = std::tuple<int, bool, bool>;
+  std::map<Key, std::vector<cuda::TensorRow>> groups;
+  Staging staging;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& s = steps[i];
+    cuda::TensorRow row{};
+    bool step_f64 = false;
+    if (s.device().is_cpu()) {  // incremented here, in its own dtype like torch's `step_t += 1`
+      if (s.scalar_type() == at::kFloat) {
+        float* sp = s.data_ptr<float>();
+        *sp = *sp + 1.0f;
+        row.step_value = *sp;
+      } else {
+        double* sp = s.data_ptr<double>();
+        *sp = *sp + 1.0;
+        row.step_value = *sp;
+      }
+    } else {  // incremented on the device by the kernel's first launch (unless found_inf)
+      row.step = s.data_ptr();
+      step_f64 = s.scalar_type() == at::kDouble;
+    }
+    const at::Tensor p = real_view(params[i]);
+    const bool with_master = master && master_params[i].defined();
+    std::vector<int64_t> strides = p.strides().vec();
+    if (!p.is_non_overlapping_and_dense()) {
+      const auto contiguous = c10::contiguous_strides(p.sizes());
+      strides.assign(contiguous.begin(), contiguous.end());
+    }
+    if (p.numel() > 0) {
+      row.ptr[cuda::kParam] = staging.flat(p, strides, true);
+      row.ptr[cuda::kGrad] = staging.flat(real_view(grads[i]), strides, grad_scale.has_value());
+      row.ptr[cuda::kExpAvg] = staging.flat(real_view(exp_avgs[i]), strides, true);
+      row.ptr[cuda::kSecond] = staging.flat(real_view(second_moments[i]), strides, true);
+      if (amsgrad) row.ptr[cuda::kMaxSecond] = staging.flat(real_view(max_second_moments[i]), strides, true);
+      if (with_master) row.ptr[cuda::kMaster] = staging.flat(master_params[i], strides, true);
+      if (ema) row.ptr[cuda::kEma] = staging.flat(real_view(emas[i]), strides, true);
+    }
+    row.numel = p.numel();
+    row.list_index = static_cast<int64_t>(i);
+    if (row.step == nullptr && row.numel == 0) continue;  // nothing left to do on the device
+    groups[Key{static_cast<int>(p.scalar_type()), with_master, step_f64}].push_back(row);
+  }
+
+  const bool capturing = is_capturing(stream);
+  for (auto& [key, rows] : groups) {
+    const auto dt = static_cast<at::ScalarType>(std::get<0>(key));
+    cuda::AdamArgs args = base;
+    args.format.param = kernel_dtype(dt);
+    args.format.master = std::get<1>(key);
+    args.format.state = args.format.master ? cuda::Dtype::f32 : args.format.param;
+    args.format.ema = is_low_precision(dt) ? cuda::Dtype::f32 : args.format.param;
+    args.format.stochastic_rounding = stochastic_rounding && dt == at::kBFloat16 && !args.format.master;
+    args.step_f64 = std::get<2>(key);
+    const int64_t n_rows = static_cast<int64_t>(rows.size());
+    const int64_t n_chunks = cuda::number_chunks(rows.data(), n_rows);
+    at::Tensor table;  // keeps the device copy alive until the launch is enqueued
+    if (!capturing && n_rows > cuda::kRowsPerParamLaunch) table = rows_on_device(rows, device);
+    const auto* device_rows = table.defined() ? static_cast<const cuda::TensorRow*>(table.data_ptr()) : nullptr;
+    check_launch(cuda::adam_step(args, rows.data(), device_rows, n_rows, n_chunks, stream), "adam_step_");
+  }
+  staging.finish();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_kingma, CUDA, m) { m.impl("adam_step_", &adam_step_cuda); }
+
+}  // namespace fused_kingma::cuda_glue
