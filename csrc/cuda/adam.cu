@@ -39,15 +39,16 @@ __device__ __forceinline__ math::AdamConsts<C> row_consts(const AdamArgs& a, dou
   math::AdamConsts<C> c;
   c.grad_scale = static_cast<C>(a.grad_scale != nullptr ? static_cast<double>(*a.grad_scale) : 1.0);
   c.grad_sign = static_cast<C>(a.maximize ? -1.0 : 1.0);
+  c.l2 = static_cast<C>(a.l2 && a.weight_decay != 0.0 ? 1.0 : 0.0);
   c.weight_decay = static_cast<C>(a.weight_decay);
   c.decay_factor = static_cast<C>(a.decoupled && a.weight_decay != 0.0 ? 1.0 - a.lr * a.weight_decay : 1.0);
-  c.one_minus_beta1 = static_cast<C>(1.0 - a.beta1);
+  c.first_weight = math::lerp_weight<C>(1.0 - a.beta1);
   c.beta2 = static_cast<C>(a.beta2);
   c.one_minus_beta2 = static_cast<C>(1.0 - a.beta2);
   c.eps = static_cast<C>(a.eps);
   c.bias_correction2_sqrt = static_cast<C>(pow(bias_correction2, 0.5));
   c.neg_step_size = static_cast<C>(-(a.lr / bias_correction1));
-  c.ema_weight = static_cast<C>(1.0 - a.ema_decay);
+  c.ema_weight = math::lerp_weight<C>(1.0 - a.ema_decay);
   return c;
 }
 
@@ -98,11 +99,22 @@ struct AdamKernel {
         if (a.ema) e[k] = ema[i + k];
       }
     }
-    uint32_t noise[4] = {0u, 0u, 0u, 0u};
-    if (stochastic) {  // element i takes word i % 4 of Philox block i / 4 (i is a multiple of 4 here)
-      const math::Philox4x32 r = math::philox_block(a.sr_seed, sr_offset, static_cast<uint64_t>(i / 4));
+    // Stochastic rounding, as the CPU op: element e takes the 16-bit half e % 2 of word (e % 8) / 2
+    // of Philox block e / 8.
+    uint32_t noise[kVec];
+    if (stochastic) {
+      int64_t block = -1;
+      math::Philox4x32 r{};
 #pragma unroll
-      for (int k = 0; k < 4; ++k) noise[k] = r.v[k];
+      for (int k = 0; k < kVec; ++k) {
+        const int64_t e = i + k;
+        if ((e >> 3) != block) {
+          block = e >> 3;
+          r = math::philox_block(a.sr_seed, sr_offset, static_cast<uint64_t>(block));
+        }
+        const uint32_t word = r.v[(e & 7) >> 1];
+        noise[k] = (e & 1) ? (word >> 16) : (word & 0xFFFFu);
+      }
     }
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
@@ -111,7 +123,7 @@ struct AdamKernel {
       const C raw_grad = static_cast<C>(to_float(g[k]));
       if (unscale) g[k] = store_cast<P>(raw_grad / c.grad_scale);
       theta = theta * c.decay_factor;
-      const C eg = math::effective_grad(raw_grad, theta, a.l2, c);
+      const C eg = math::effective_grad(raw_grad, theta, c);
       C mk = static_cast<C>(to_float(m[k]));
       C vk = static_cast<C>(to_float(v[k]));
       if (a.rule == AdamRule::adamax) {

@@ -55,7 +55,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList master_params, at::TensorList emas, c10::string_view rule, double lr, double beta1,
                     double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
                     bool maximize, double ema_decay, bool stochastic_rounding, int64_t seed,
-                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    bool lr_is_fp32_tensor, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                     bool check_only) {
   const size_t n = params.size();
   const bool adamax = rule == "adamax";
