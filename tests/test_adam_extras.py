@@ -202,3 +202,19 @@ def test_reference_fallback_matches_native(monkeypatch, kw):
     if kw.get("ema_decay"):
         for x, y in zip(oa.ema_parameters(), ob.ema_parameters()):
             torch.testing.assert_close(y.float(), x.float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ema_of_low_precision_params_is_an_fp32_average(dtype):
+    # Regression: the kernel once stored the fp32 EMA buffer as 16-bit values.
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(257).to(dtype))
+    opt = fk.FusedAdam([p], lr=1e-2, ema_decay=0.5)
+    expected = torch.zeros(257, dtype=torch.float32)
+    for _ in range(4):
+        p.grad = torch.randn(257).to(dtype)
+        opt.step()
+        expected = expected + 0.5 * (p.detach().float() - expected)
+    ema = opt.state[p]["ema"]
+    assert ema.dtype == torch.float32
+    torch.testing.assert_close(ema, expected, rtol=1e-6, atol=1e-6)

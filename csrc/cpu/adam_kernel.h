@@ -95,7 +95,8 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
   SRaw* __restrict second = static_cast<SRaw*>(job.second);
   SRaw* __restrict max_second = static_cast<SRaw*>(job.max_second);
   float* __restrict master = job.master;
-  SRaw* __restrict ema = static_cast<SRaw*>(job.ema);
+  // The EMA is kept in the compute type: fp32 for fp16/bf16 params (the op checks this), else the param's dtype.
+  C* __restrict ema = static_cast<C*>(job.ema);
   for (int64_t i = begin; i < end; ++i) {
     C theta = V::master ? C(master[i]) : P::load(param[i]);
     const C raw_grad = P::load(grad[i]);
@@ -122,7 +123,7 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
     if constexpr (V::ema) {
       // The EMA averages the parameter as stored (master copy when there is one).
       const C stored = (V::master || V::stochastic) ? theta : P::load(param[i]);
-      ema[i] = S::store(math::ema_update<V::fma>(S::load(ema[i]), stored, c));
+      ema[i] = math::ema_update<V::fma>(ema[i], stored, c);
     }
   }
 }
