@@ -41,13 +41,21 @@ __device__ __forceinline__ math::AdamConsts<C> row_consts(const AdamArgs& a, dou
   c.grad_sign = static_cast<C>(a.maximize ? -1.0 : 1.0);
   c.l2 = static_cast<C>(a.l2 && a.weight_decay != 0.0 ? 1.0 : 0.0);
   c.weight_decay = static_cast<C>(a.weight_decay);
-  c.decay_factor = static_cast<C>(a.decoupled && a.weight_decay != 0.0 ? 1.0 - a.lr * a.weight_decay : 1.0);
+  c.l2 = static_cast<C>(a.l2 ? 1.0 : 0.0);
+  double decay_factor = a.decoupled && a.weight_decay != 0.0 ? 1.0 - a.lr * a.weight_decay : 1.0;
+  double neg_step_size = -(a.lr / bias_correction1);
+  if (a.lr_is_fp32_tensor) {  // as the CPU op: a float32 tensor lr makes these float32 arithmetic
+    const auto f32 = [](double x) { return static_cast<double>(static_cast<float>(x)); };
+    neg_step_size = -f32(f32(a.lr) / f32(bias_correction1));
+    if (decay_factor != 1.0) decay_factor = f32(1.0 - f32(f32(a.lr) * f32(a.weight_decay)));
+  }
+  c.decay_factor = static_cast<C>(decay_factor);
   c.first_weight = math::lerp_weight<C>(1.0 - a.beta1);
   c.beta2 = static_cast<C>(a.beta2);
   c.one_minus_beta2 = static_cast<C>(1.0 - a.beta2);
   c.eps = static_cast<C>(a.eps);
   c.bias_correction2_sqrt = static_cast<C>(pow(bias_correction2, 0.5));
-  c.neg_step_size = static_cast<C>(-(a.lr / bias_correction1));
+  c.neg_step_size = static_cast<C>(neg_step_size);
   c.ema_weight = math::lerp_weight<C>(1.0 - a.ema_decay);
   return c;
 }

@@ -64,6 +64,7 @@ struct AdamArgs {
   bool decoupled;            // param *= 1 - lr * weight_decay first (AdamW)
   bool ema;
   bool step_f64;             // device step counters are float64 (else float32)
+  bool lr_is_fp32_tensor;    // lr came from a float32 tensor (torch then computes the step size in float32)
   double lr, beta1, beta2, eps, weight_decay, ema_decay;
   uint64_t sr_seed;          // stochastic rounding Philox key
   const float* grad_scale;   // GradScaler: grads divided by it and written back unscaled, or nullptr

@@ -54,8 +54,8 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     at::TensorList second_moments, at::TensorList max_second_moments, at::TensorList steps,
                     at::TensorList master_params, at::TensorList emas, c10::string_view rule, double lr, double beta1,
                     double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
-                    bool maximize, double ema_decay, bool stochastic_rounding, int64_t seed,
-                    bool lr_is_fp32_tensor, const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    bool maximize, double ema_decay, bool stochastic_rounding, int64_t seed, bool lr_is_fp32_tensor,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                     bool check_only) {
   const size_t n = params.size();
   const bool adamax = rule == "adamax";
@@ -149,6 +149,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   base.weight_decay = weight_decay;
   base.ema_decay = ema_decay;
   base.sr_seed = static_cast<uint64_t>(seed);
+  base.lr_is_fp32_tensor = lr_is_fp32_tensor;
   base.grad_scale = scale_dev.has_value() ? scale_dev->data_ptr<float>() : nullptr;
   base.found_inf = inf_dev.has_value() ? inf_dev->data_ptr<float>() : nullptr;
 
