@@ -39,7 +39,6 @@ __device__ __forceinline__ math::AdamConsts<C> row_consts(const AdamArgs& a, dou
   math::AdamConsts<C> c;
   c.grad_scale = static_cast<C>(a.grad_scale != nullptr ? static_cast<double>(*a.grad_scale) : 1.0);
   c.grad_sign = static_cast<C>(a.maximize ? -1.0 : 1.0);
-  c.l2 = static_cast<C>(a.l2 && a.weight_decay != 0.0 ? 1.0 : 0.0);
   c.weight_decay = static_cast<C>(a.weight_decay);
   c.l2 = static_cast<C>(a.l2 ? 1.0 : 0.0);
   double decay_factor = a.decoupled && a.weight_decay != 0.0 ? 1.0 - a.lr * a.weight_decay : 1.0;
