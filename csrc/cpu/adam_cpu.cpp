@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cpu/adam_kernel.h"
+#include "tensor_checks.h"
 #include "cpu/isa.h"
 
 namespace fused_kingma::cpu {
@@ -93,45 +94,6 @@ FK_DEFINE_ISA_DISPATCH(adam_chunks, (const Plan& plan, int64_t chunk_begin, int6
 
 // ---- checks (all before anything is written) ----
 
-std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
-}
-
-std::string dtype_str(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kComplexFloat: return "torch.complex64";
-    case at::kComplexDouble: return "torch.complex128";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
-// Messages start with "tensor <i>: " so the Python side can name the param group and parameter.
-void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType want, int64_t i, const char* what) {
-  TORCH_CHECK(t.defined(), "tensor ", i, ": ", what, " is missing (None)");
-  TORCH_CHECK(t.layout() == at::kStrided, "tensor ", i, ": ", what, " is sparse (layout ", t.layout(),
-              "); fused_kingma's Adam needs dense tensors (torch.optim.SparseAdam handles sparse gradients)");
-  TORCH_CHECK(t.device() == param.device(), "tensor ", i, ": ", what, " is on ", t.device(),
-              " but the parameter is on ", param.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == want, "tensor ", i, ": ", what, " has dtype ", dtype_str(t.scalar_type()),
-                   " but ", dtype_str(want), " was expected (parameter dtype ", dtype_str(param.scalar_type()), ")");
-  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), "tensor ", i, ": ", what, " has shape ", shape_str(t.sizes()),
-                    " but the parameter has shape ", shape_str(param.sizes()));
-}
-
-bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
-
-void check_list_size(at::TensorList list, size_t want, const char* what) {
-  TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");
-}
-
 // ---- the op ----
 
 // A tensor the kernel may use as flat memory: dense, same strides as the param's canonical
@@ -154,7 +116,6 @@ struct Staging {
   }
 };
 
-at::Tensor real_view(const at::Tensor& t) { return t.defined() && t.is_complex() ? at::view_as_real(t) : t; }
 
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList second_moments,
                    at::TensorList max_second_moments, at::TensorList steps, at::TensorList master_params,

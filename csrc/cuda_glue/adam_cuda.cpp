@@ -25,25 +25,6 @@
 namespace fused_kingma::cuda_glue {
 namespace {
 
-void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType want, int64_t i, const char* what) {
-  TORCH_CHECK(t.defined(), "tensor ", i, ": ", what, " is missing (None)");
-  TORCH_CHECK(t.layout() == at::kStrided, "tensor ", i, ": ", what, " is sparse (layout ", t.layout(),
-              "); fused_kingma's Adam needs dense tensors (torch.optim.SparseAdam handles sparse gradients)");
-  TORCH_CHECK(t.device() == param.device(), "tensor ", i, ": ", what, " is on ", t.device(),
-              " but the parameter is on ", param.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == want, "tensor ", i, ": ", what, " has dtype ", dtype_str(t.scalar_type()),
-                   " but ", dtype_str(want), " was expected (parameter dtype ", dtype_str(param.scalar_type()), ")");
-  TORCH_CHECK_VALUE(t.sizes() == param.sizes(), "tensor ", i, ": ", what, " has shape ", shape_str(t.sizes()),
-                    " but the parameter has shape ", shape_str(param.sizes()));
-}
-
-void check_list_size(at::TensorList list, size_t want, const char* what) {
-  TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");
-}
-
-at::Tensor real_view(const at::Tensor& t) { return t.defined() && t.is_complex() ? at::view_as_real(t) : t; }
-
-// grad_scale / found_inf as a float32 pointer on `device` (converted / copied there if needed).
 std::optional<at::Tensor> scalar_on_device(const std::optional<at::Tensor>& t, const at::Device& device) {
   if (!t.has_value()) return std::nullopt;
   if (t->device() == device && t->scalar_type() == at::kFloat) return *t;

@@ -14,30 +14,9 @@
 #include <vector>
 
 #include "cuda/launch.h"
+#include "tensor_checks.h"
 
 namespace fused_kingma::cuda_glue {
-
-inline std::string shape_str(at::IntArrayRef s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
-}
-
-inline std::string dtype_str(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return "torch.float32";
-    case at::kDouble: return "torch.float64";
-    case at::kHalf: return "torch.float16";
-    case at::kBFloat16: return "torch.bfloat16";
-    case at::kComplexFloat: return "torch.complex64";
-    case at::kComplexDouble: return "torch.complex128";
-    default: return std::string("torch.") + c10::toString(t);
-  }
-}
-
-inline bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
 inline cuda::Dtype kernel_dtype(at::ScalarType t) {
   switch (t) {
