@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <sstream>
 #include <string>
 
@@ -49,5 +50,27 @@ inline void check_list_size(at::TensorList list, size_t want, const char* what) 
 }
 
 inline at::Tensor real_view(const at::Tensor& t) { return t.defined() && t.is_complex() ? at::view_as_real(t) : t; }
+
+// The list lengths and hyper-parameters of one adam_step_ call (the per-tensor checks follow in each backend).
+inline void check_adam_arguments(size_t n, at::TensorList grads, at::TensorList exp_avgs,
+                                 at::TensorList second_moments, at::TensorList max_second_moments,
+                                 at::TensorList steps, at::TensorList master_params, at::TensorList emas,
+                                 c10::string_view rule, double lr, double beta1, double beta2, double eps,
+                                 double weight_decay, bool amsgrad, double ema_decay) {
+  const bool adamax = rule == "adamax";
+  TORCH_CHECK_VALUE(adamax || rule == "adam", "rule must be 'adam' or 'adamax', got '", std::string(rule), "'");
+  TORCH_CHECK_VALUE(!(adamax && amsgrad), "amsgrad is not defined for Adamax");
+  for (double v : {lr, beta1, beta2, eps, weight_decay, ema_decay}) {
+    TORCH_CHECK_VALUE(std::isfinite(v), "hyper-parameters must be finite (lr=", lr, ", betas=(", beta1, ", ", beta2,
+                      "), eps=", eps, ", weight_decay=", weight_decay, ", ema_decay=", ema_decay, ")");
+  }
+  check_list_size(grads, n, "grads");
+  check_list_size(exp_avgs, n, "exp_avgs");
+  check_list_size(second_moments, n, "second moments (exp_avg_sq / exp_inf)");
+  check_list_size(max_second_moments, amsgrad ? n : 0, "max_exp_avg_sqs");
+  check_list_size(steps, n, "steps");
+  if (!master_params.empty()) check_list_size(master_params, n, "master_params");
+  if (!emas.empty()) check_list_size(emas, n, "emas");
+}
 
 }  // namespace fused_kingma

@@ -40,21 +40,10 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                     bool check_only) {
   const size_t n = params.size();
   const bool adamax = rule == "adamax";
-  TORCH_CHECK_VALUE(adamax || rule == "adam", "rule must be 'adam' or 'adamax', got '", std::string(rule), "'");
-  TORCH_CHECK_VALUE(!(adamax && amsgrad), "amsgrad is not defined for Adamax");
-  for (double v : {lr, beta1, beta2, eps, weight_decay, ema_decay}) {
-    TORCH_CHECK_VALUE(std::isfinite(v), "hyper-parameters must be finite (lr=", lr, ", betas=(", beta1, ", ", beta2,
-                      "), eps=", eps, ", weight_decay=", weight_decay, ", ema_decay=", ema_decay, ")");
-  }
-  check_list_size(grads, n, "grads");
-  check_list_size(exp_avgs, n, "exp_avgs");
-  check_list_size(second_moments, n, "second moments (exp_avg_sq / exp_inf)");
-  check_list_size(max_second_moments, amsgrad ? n : 0, "max_exp_avg_sqs");
-  check_list_size(steps, n, "steps");
+  check_adam_arguments(n, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas, rule, lr,
+                       beta1, beta2, eps, weight_decay, amsgrad, ema_decay);
   const bool master = !master_params.empty();
   const bool ema = !emas.empty();
-  if (master) check_list_size(master_params, n, "master_params");
-  if (ema) check_list_size(emas, n, "emas");
   if (n == 0) return;
 
   TORCH_CHECK(params[0].defined(), "tensor 0: the parameter is missing (None)");
