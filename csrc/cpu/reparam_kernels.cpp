@@ -118,7 +118,7 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
     const bool first_sample = t < R;  // the KL of row r is computed once, with its first sample
     if (a.K > 0) {
       const float* __restrict eps =
-          normals_of_range(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
+          normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
       S* __restrict z = static_cast<S*>(a.z) + t * D;
       if (first_sample) {
         sample_row<Cfg, true>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
@@ -225,7 +225,7 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
     for (int64_t k = 0; k < K; ++k) {
       const int64_t t = k * R + r;
       const float* __restrict eps =
-          normals_of_range(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
+          normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D), D, noise.data());
       const S* __restrict gz = static_cast<const S*>(a.gz) + t * D;
       const A glp = Cfg::log_p ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
       if (k == 0) bwd_row<Cfg, true, true>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, gmu, glv, gmp, glvp, D);
@@ -252,15 +252,20 @@ template <class Isa>
 FK_ALWAYS_INLINE void philox_debug_impl(uint64_t seed, uint64_t offset, uint64_t b0, int64_t nblocks, int kind,
                                         void* out) {
   if (kind == 2) {
-    normals_of_blocks(seed, offset, b0, nblocks, static_cast<float*>(out));
+    normals_of_blocks<Isa>(seed, offset, b0, nblocks, static_cast<float*>(out));
     return;
   }
-  for (int64_t b = 0; b < nblocks; ++b) {
-    const math::Philox4x32 w = math::philox_block(seed, offset, b0 + static_cast<uint64_t>(b));
-    for (int m = 0; m < 4; ++m) {
-      if (kind == 0) static_cast<int64_t*>(out)[4 * b + m] = w.v[m];
-      else static_cast<float*>(out)[4 * b + m] = math::uniform_from_bits(w.v[m]);
-    }
+  // Words through the same path the kernels use (AVX-512 intrinsics on that ISA).
+  alignas(64) uint32_t w[4][kNoiseChunkBlocks];
+  for (int64_t s = 0; s < nblocks; s += kNoiseChunkBlocks) {
+    const int64_t n = std::min(kNoiseChunkBlocks, nblocks - s);
+    philox_words<Isa>(seed, offset, b0 + static_cast<uint64_t>(s), n, w);
+    for (int64_t b = 0; b < n; ++b)
+      for (int m = 0; m < 4; ++m) {
+        const int64_t i = 4 * (s + b) + m;
+        if (kind == 0) static_cast<int64_t*>(out)[i] = w[m][b];
+        else static_cast<float*>(out)[i] = math::uniform_from_bits(w[m][b]);
+      }
   }
 }
 

@@ -1,17 +1,21 @@
-// The noise of a flat index range [start, start + n), generated block-wise into a buffer so the
-// Philox rounds and the Box-Muller transcendentals vectorize (one block = 4 lanes' worth of work).
+// The noise of a flat index range [start, start + n): Philox words of a chunk of blocks first (SoA,
+// AVX-512 intrinsics where available), then Box-Muller over them, auto-vectorized, into a buffer the
+// kernels read in element order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
+#include "isa.h"
 #include "math/normal.h"
 #include "math/philox.h"
+#include "philox_avx512.h"
 
 namespace fused_kingma::cpu {
 
 // math::philox4x32_10 written with one 32x32->64 widening multiply per product (lo and hi from the same
-// product): the same words (checked against the Random123 answers via the normals tests), but GCC then emits
-// vpmuludq instead of a 64x64 vpmullq on AVX-512.
+// product): the same words, and the form the AVX2 and baseline copies vectorize best.
 static inline __attribute__((always_inline)) math::Philox4x32 philox_rounds_widening(uint32_t c0, uint32_t c1,
                                                                                       uint32_t c2, uint32_t c3,
                                                                                       uint32_t k0, uint32_t k1) {
@@ -31,21 +35,51 @@ static inline __attribute__((always_inline)) math::Philox4x32 philox_rounds_wide
   return math::Philox4x32{{c0, c1, c2, c3}};
 }
 
-// Normals of blocks b0 .. b0 + nblocks - 1 into out[0 .. 4*nblocks): vectorized over blocks.
-static inline __attribute__((always_inline)) void normals_of_blocks(uint64_t seed, uint64_t offset, uint64_t b0,
-                                                                    int64_t nblocks, float* __restrict out) {
+// Blocks per pass: the words of one pass (4 x 256 B) stay in L1. A multiple of 16 (the AVX-512 group).
+constexpr int64_t kNoiseChunkBlocks = 64;
+
+// Words of blocks b0 .. b0 + n - 1 (n <= kNoiseChunkBlocks) into w[m][0 .. n). The AVX-512 path fills
+// whole groups of 16, so w[m] must hold kNoiseChunkBlocks words.
+template <class Isa>
+static inline __attribute__((always_inline)) void philox_words(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n,
+                                                               uint32_t (*__restrict w)[kNoiseChunkBlocks]) {
+#if defined(FK_HAVE_PHILOX_AVX512)
+  if constexpr (std::is_same_v<Isa, IsaAvx512>) {
+    philox_words_avx512(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
+    return;
+  }
+#endif
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
-  for (int64_t b = 0; b < nblocks; ++b) {
+  for (int64_t b = 0; b < n; ++b) {
     const uint64_t blk = b0 + static_cast<uint64_t>(b);
-    float n[4];
-    math::normal4_from_bits(philox_rounds_widening(static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), o0,
-                                                   o1, k0, k1),
-                            n);
-    out[4 * b + 0] = n[0];
-    out[4 * b + 1] = n[1];
-    out[4 * b + 2] = n[2];
-    out[4 * b + 3] = n[3];
+    const math::Philox4x32 r =
+        philox_rounds_widening(static_cast<uint32_t>(blk), static_cast<uint32_t>(blk >> 32), o0, o1, k0, k1);
+    w[0][b] = r.v[0];
+    w[1][b] = r.v[1];
+    w[2][b] = r.v[2];
+    w[3][b] = r.v[3];
+  }
+}
+
+// Normals of blocks b0 .. b0 + nblocks - 1 into out[0 .. 4*nblocks), in element order.
+template <class Isa>
+static inline __attribute__((always_inline)) void normals_of_blocks(uint64_t seed, uint64_t offset, uint64_t b0,
+                                                                    int64_t nblocks, float* __restrict out) {
+  alignas(64) uint32_t w[4][kNoiseChunkBlocks];
+  for (int64_t s = 0; s < nblocks; s += kNoiseChunkBlocks) {
+    const int64_t n = std::min(kNoiseChunkBlocks, nblocks - s);
+    philox_words<Isa>(seed, offset, b0 + static_cast<uint64_t>(s), n, w);
+    float* __restrict o = out + 4 * s;
+    for (int64_t b = 0; b < n; ++b) {
+      float n0, n1, n2, n3;
+      math::box_muller(math::uniform_from_bits(w[0][b]), math::uniform_from_bits(w[1][b]), &n0, &n1);
+      math::box_muller(math::uniform_from_bits(w[2][b]), math::uniform_from_bits(w[3][b]), &n2, &n3);
+      o[4 * b + 0] = n0;
+      o[4 * b + 1] = n1;
+      o[4 * b + 2] = n2;
+      o[4 * b + 3] = n3;
+    }
   }
 }
 
@@ -53,11 +87,12 @@ static inline __attribute__((always_inline)) void normals_of_blocks(uint64_t see
 inline int64_t noise_buffer_len(int64_t n) { return n + 8; }
 
 // Fills buf and returns the pointer to the normal of flat index `start` inside it.
+template <class Isa>
 static inline __attribute__((always_inline)) const float* normals_of_range(uint64_t seed, uint64_t offset,
                                                                            uint64_t start, int64_t n, float* buf) {
   const uint64_t b0 = start / 4;
   const int64_t nblocks = static_cast<int64_t>((start + static_cast<uint64_t>(n) + 3) / 4 - b0);
-  normals_of_blocks(seed, offset, b0, nblocks, buf);
+  normals_of_blocks<Isa>(seed, offset, b0, nblocks, buf);
   return buf + (start - 4 * b0);
 }
 

@@ -1,0 +1,25 @@
+// math::philox4x32_10 for 16 consecutive blocks at once, written with AVX-512 intrinsics.
+//
+// Why intrinsics: auto-vectorizing the scalar rounds, GCC widens the 32-bit words to 64-bit lanes and
+// multiplies with vpmullq (64x64), several times the work of the 32x32->64 vpmuludq Philox needs.
+// Here each word lives in the low half of a 64-bit lane (8 blocks per register, two registers per
+// 16 blocks): vpmuludq reads only those low halves, so one instruction gives 8 full products, the
+// high word is a shift, and the upper halves may hold garbage that nothing reads. The words are the
+// same as math::philox4x32_10 bit for bit (tests/test_philox.py checks the Random123 answers on
+// every ISA path through the philox_debug op).
+#pragma once
+
+#include <cstdint>
+
+namespace fused_kingma::cpu {
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define FK_HAVE_PHILOX_AVX512 1
+// Words v[m] of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (SoA) for (seed, offset). Fills whole groups of
+// 16 blocks, so each w[m] must have room for n rounded up to a multiple of 16. Needs AVX-512 (F, DQ, BW, VL);
+// a function of its own (not inlined) so it can carry that target while its callers are ISA templates.
+void philox_words_avx512(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t* __restrict w0,
+                         uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3);
+#endif
+
+}  // namespace fused_kingma::cpu
