@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include "huge_pages.h"
 #include "reparam_kernels.h"
 
 namespace fused_kingma::cpu {
@@ -38,6 +39,13 @@ at::Tensor prior_rows(const c10::optional<at::Tensor>& p, const at::Tensor& mu, 
   return p->expand(mu.sizes()).contiguous();
 }
 
+// A large output the kernel writes whole: huge pages make its first touch cheap (see huge_pages.h).
+at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  advise_huge_pages(t.data_ptr(), t.nbytes());
+  return t;
+}
+
 std::vector<int64_t> with_samples(at::IntArrayRef shape, int64_t K) {
   std::vector<int64_t> s(shape.begin(), shape.end());
   if (K > 1) s.insert(s.begin(), K);
@@ -66,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
   const int64_t rows = c10::multiply_integers(batch);
   const int64_t K = num_samples;
-  at::Tensor z = K > 0 ? at::empty(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor z = K > 0 ? empty_output(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
   at::Tensor kl = at::empty(batch, mu.options());
   at::Tensor lq = with_log_prob && K > 0 ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
   at::Tensor lp = with_log_prob && K > 0 ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
@@ -113,9 +121,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
   at::Tensor glq, glp;
   if (grad_log_q.has_value() && K > 0) glq = grad_log_q->to(mu.scalar_type()).contiguous();
   if (grad_log_p.has_value() && K > 0) glp = grad_log_p->to(mu.scalar_type()).contiguous();
-  at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
-  at::Tensor gmp = has_prior ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
-  at::Tensor glvp = has_prior ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor gmu = empty_output(mu.sizes(), mu.options()), glv = empty_output(mu.sizes(), mu.options());
+  at::Tensor gmp = has_prior ? empty_output(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor glvp = has_prior ? empty_output(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
   const auto [seed, offset] = read_seed_offset(seed_offset);
   ReparamBwdArgs a{dtype_of(mu),
                    K > 0 ? gz.data_ptr() : nullptr,

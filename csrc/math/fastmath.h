@@ -67,12 +67,19 @@ FK_FN float fast_logf(float x) {
 
 // exp(x) for all float x: overflow -> inf, far underflow -> 0, NaN -> NaN.
 FK_FN float fast_expf(float x) {
-  // Clamp to [-104, 89] (NaN -> 0, restored at the end) with bit masks: selects here stop GCC vectorizing.
-  const uint32_t hi = 0u - static_cast<uint32_t>(x > 89.0f), lo = 0u - static_cast<uint32_t>(x < -104.0f);
-  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);
-  const float xc =
-      bits_float((float_bits(x) & ~(hi | lo | nan)) | (float_bits(89.0f) & hi) | (float_bits(-104.0f) & lo));
-  const float k = round_nearest(xc * 1.44269504088896341f);
+  // Clamp to [-104, 89] on the bit pattern: as unsigned, negative floats order by magnitude above every
+  // positive one, so an unsigned min caps x >= -104; then a signed min caps x <= 89. Integer min/max
+  // vectorize to one instruction each; float selects here make GCC specialize both arms (2x slower).
+  const uint32_t ux = float_bits(x);
+  const uint32_t lo_capped = ux < 0xC2D00000u ? ux : 0xC2D00000u;  // bits of -104.0f
+  const int32_t both_capped = static_cast<int32_t>(lo_capped) < 0x42B20000 ? static_cast<int32_t>(lo_capped)
+                                                                           : 0x42B20000;  // bits of 89.0f
+  const float xc = bits_float(static_cast<uint32_t>(both_capped));
+  // k = round(xc / ln 2), also read as an integer from the low mantissa bits of xc / ln 2 + 1.5 * 2^23.
+  const float magic = 12582912.0f;
+  const float kb = xc * 1.44269504088896341f + magic;
+  const float k = kb - magic;
+  const int ki = static_cast<int>(float_bits(kb) - float_bits(magic));
   float r = xc - k * 0.693359375f;  // Cody-Waite: ln 2 = 0.693359375 - 2.12194440e-4
   r = r + k * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -83,18 +90,23 @@ FK_FN float fast_expf(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   // 2^k as two normal-range factors so k in [-150, 129] needs no special case.
-  const int ki = static_cast<int>(k);
   const int k1 = ki >> 1, k2 = ki - k1;
   const float s1 = bits_float(static_cast<uint32_t>(k1 + 127) << 23);
   const float s2 = bits_float(static_cast<uint32_t>(k2 + 127) << 23);
   const float res = p * s1 * s2;
-  return bits_float((float_bits(res) & ~nan) | (float_bits(x) & nan));
+  const uint32_t nan = 0u - static_cast<uint32_t>(x != x);  // the clamp turned NaN into a bound: restore it
+  return bits_float((float_bits(res) & ~nan) | (ux & nan));
 }
 
 // sin(2 pi u) and cos(2 pi u) for finite u with |u| < 2^20 (the uniforms are in (0, 1]).
-// u = q/4 + r exactly with |r| <= 1/8, then the quadrant q picks signs and sin/cos.
+// u = q/4 + r exactly with |r| <= 1/8, then the quadrant q picks sin/cos and the signs. The quadrant is
+// read from the low mantissa bits of 4u + 1.5 * 2^23, and the choices are bit masks and sign-bit flips:
+// selects of floats here cost GCC several masked instructions each.
 FK_FN void fast_sincos2pi(float u, float* s_out, float* c_out) {
-  const float q = round_nearest(4.0f * u);
+  const float magic = 12582912.0f;  // 1.5 * 2^23
+  const float qb = 4.0f * u + magic;
+  const float q = qb - magic;
+  const uint32_t quadrant = float_bits(qb);  // round(4u) mod 4 in the two low bits
   const float r = u - 0.25f * q;  // exact
   const float x = r * 6.28318530717958648f;
   const float x2 = x * x;
@@ -106,12 +118,12 @@ FK_FN void fast_sincos2pi(float u, float* s_out, float* c_out) {
   c = c * x2 - 1.388731625493765e-3f;
   c = c * x2 + 4.166664568298827e-2f;
   c = c * x2 * x2 - 0.5f * x2 + 1.0f;
-  const int quadrant = static_cast<int>(q) & 3;
-  const bool swap = (quadrant & 1) != 0;
-  const float sin_base = swap ? c : s;
-  const float cos_base = swap ? s : c;
-  *s_out = (quadrant >= 2) ? -sin_base : sin_base;
-  *c_out = (((quadrant + 1) & 2) != 0) ? -cos_base : cos_base;  // quadrants 1 and 2
+  const uint32_t swap = 0u - (quadrant & 1u);  // odd quadrants exchange sin and cos
+  const uint32_t s_bits = float_bits(s), c_bits = float_bits(c);
+  const uint32_t sin_base = (s_bits & ~swap) | (c_bits & swap);
+  const uint32_t cos_base = (c_bits & ~swap) | (s_bits & swap);
+  *s_out = bits_float(sin_base ^ ((quadrant & 2u) << 30));         // negative in quadrants 2, 3
+  *c_out = bits_float(cos_base ^ (((quadrant + 1u) & 2u) << 30));  // negative in quadrants 1, 2
 }
 
 }  // namespace fused_kingma::math
