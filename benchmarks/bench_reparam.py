@@ -54,9 +54,13 @@ def _fwd_bwd(fn, mu, lv, gz, gkl):
 def run(tiny: bool, device: str = "cpu"):
     shapes = TINY_SHAPES if tiny else FULL_SHAPES
     use_compile = not tiny
-    bw = common.inplace_update_bandwidth_gbs(device=device, tiny=tiny)
-    rep = dict(device=device, warmup=1 if tiny else 2, repeat=3 if tiny else 7)
-    rows = []
+    # Round-robin timing (one call of each candidate per round, median over rounds) with the bandwidth probe
+    # among the candidates: fresh outputs make every candidate pay page faults whose cost depends on what the
+    # allocator did just before, so interleaving and many rounds keep one candidate from drawing a bad spell.
+    probe_numel = (1 << 16) if tiny else (1 << 26)
+    probe, probe_bytes = common.inplace_add_fn(device=device, numel=probe_numel)
+    warmup, repeat = (1, 3) if tiny else (5, 21)
+    rows, bandwidths = [], []
     for dname, dtype in DTYPES.items():
         for b, d in shapes:
             g = torch.Generator(device=device).manual_seed(0)
@@ -65,29 +69,35 @@ def run(tiny: bool, device: str = "cpu"):
             gz, gkl = torch.randn_like(mu), torch.randn(b, device=device).to(dtype)
             n, esize = mu.numel(), mu.element_size()
             nb = (n + 3) // 4
-            noise_rep = dict(rep, warmup=5)  # the first timed op of a shape also warms the OpenMP pool up
-            noise_fused = common.median_ms(lambda: ops.philox_debug(1, 0, 0, nb, 2), **noise_rep)
-            noise_eager = common.median_ms(lambda: torch.randn_like(mu), **noise_rep)
+            noise = common.median_ms_interleaved(
+                {"fused": lambda: ops.philox_debug(1, 0, 0, nb, 2), "randn": lambda: torch.randn_like(mu)},
+                device=device, warmup=warmup, repeat=repeat)
             for mode, floor_bytes in (("fwd", 3 * esize * n), ("fwd+bwd", 8 * esize * n)):
                 make = _fwd if mode == "fwd" else (lambda f, m, l: _fwd_bwd(f, m, l, gz, gkl))
-                t_fused = common.median_ms(make(fused_reparam, mu, lv), **rep)
-                t_eager = common.median_ms(make(eager_reparam, mu, lv), **rep)
-                t_comp = float("nan")
+                candidates = {"fused": make(fused_reparam, mu, lv), "eager": make(eager_reparam, mu, lv),
+                              "probe": probe}
                 if use_compile:  # a fresh compile per shape and pass (no recompile limit, no dynamic shapes)
                     torch._dynamo.reset()
-                    t_comp = common.median_ms(make(torch.compile(eager_reparam, dynamic=False), mu, lv), **rep)
+                    candidates["compile"] = make(torch.compile(eager_reparam, dynamic=False), mu, lv)
+                t = common.median_ms_interleaved(candidates, device=device, warmup=warmup, repeat=repeat)
+                t_comp = t.get("compile", float("nan"))
+                bw = probe_bytes / (t["probe"] * 1e-3) / 1e9
+                bandwidths.append(bw)
                 floor = common.floor_ms(floor_bytes, bw)
-                rows.append(dict(shape=f"{b}x{d}", dtype=dname, mode=mode, fused_ms=t_fused, eager_ms=t_eager,
-                                 compile_ms=t_comp, floor_ms=floor, vs_eager=t_eager / t_fused,
-                                 vs_compile=t_comp / t_fused, of_floor=floor / t_fused,
-                                 noise_fused_ms=noise_fused, noise_randn_ms=noise_eager))
+                rows.append(dict(shape=f"{b}x{d}", dtype=dname, mode=mode, fused_ms=t["fused"], eager_ms=t["eager"],
+                                 compile_ms=t_comp, floor_ms=floor, vs_eager=t["eager"] / t["fused"],
+                                 vs_compile=t_comp / t["fused"], of_floor=floor / t["fused"],
+                                 noise_fused_ms=noise["fused"], noise_randn_ms=noise["randn"]))
     headers = ["shape", "dtype", "pass", "fused ms", "eager ms", "compile ms", "floor ms", "x eager", "x compile",
                "floor/fused", "noise fused ms", "randn ms"]
     table = common.markdown_table(headers, [
         [r["shape"], r["dtype"], r["mode"], f"{r['fused_ms']:.3f}", f"{r['eager_ms']:.3f}", f"{r['compile_ms']:.3f}",
          f"{r['floor_ms']:.3f}", f"{r['vs_eager']:.1f}", f"{r['vs_compile']:.1f}", f"{r['of_floor']:.2f}",
          f"{r['noise_fused_ms']:.3f}", f"{r['noise_randn_ms']:.3f}"] for r in rows])
-    notes = (f"Bandwidth (x.add_(y), 12 B/elem) {bw:.1f} GB/s; floor = bytes / bandwidth with fp32 12 B/elem forward "
+    notes = (f"Median of {repeat} rounds, each round calling every candidate once (fused, eager, compile and a "
+             f"bandwidth probe x.add_(y) on {probe_numel} fp32, 12 B/elem: {min(bandwidths):.1f}-{max(bandwidths):.1f} GB/s "
+             f"this run). Every candidate allocates its outputs, so all pay the same first-touch page faults. "
+             f"Floor = bytes / the probe's bandwidth of that row, with fp32 12 B/elem forward "
              f"(mu, logvar in, z out) and 20 B/elem backward (mu, logvar, grad_z in, grad_mu, grad_logvar out); bf16 "
              f"half that. Eager = `mu + exp(0.5*logvar)*randn_like(mu)` + `-0.5*sum(1+logvar-mu**2-logvar.exp(),-1)`; "
              f"compile = that code under torch.compile (inductor, default RNG). 'noise fused' = Philox+Box-Muller "

@@ -218,3 +218,19 @@ def test_ema_of_low_precision_params_is_an_fp32_average(dtype):
     ema = opt.state[p]["ema"]
     assert ema.dtype == torch.float32
     torch.testing.assert_close(ema, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_stochastic_rounding_same_bits_on_every_isa():
+    """The rounding noise is Philox by element index on every CPU path (the AVX-512 one uses intrinsics):
+    odd sizes and offsets into the 16-block groups included."""
+    before = fk.cpu_isa()
+    outs = {}
+    try:
+        for isa in ("baseline", "avx2", "avx512"):
+            if fk.set_cpu_isa(isa) != isa:
+                continue
+            outs[isa] = one_sr_step(70_001, seed=7)[0]
+    finally:
+        fk.set_cpu_isa(before)
+    for got in outs.values():
+        assert torch.equal(got, outs["baseline"])

@@ -7,7 +7,9 @@
 
 #include "math/adam.h"
 #include "math/float16.h"
+#include "isa.h"
 #include "math/philox.h"
+#include "philox_avx512.h"
 
 namespace fused_kingma::cpu::adam {
 
@@ -139,6 +141,22 @@ struct BitsNoise {
   FK_INLINE uint32_t operator()(int64_t i) const { return bits[i - base]; }
 };
 
+// Philox words of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (n + 15 words of room): AVX-512 intrinsics when
+// that ISA is active (the Variant does not carry the ISA; one check per piece of 2048 elements).
+template <int64_t kRoom>
+FK_INLINE void philox_words_of(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t (*w)[kRoom]) {
+#if defined(FK_HAVE_PHILOX_AVX512)
+  if (active_isa() == Isa::Avx512) {
+    philox_words_avx512(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
+    return;
+  }
+#endif
+  for (int64_t b = 0; b < n; ++b) {
+    const math::Philox4x32 r = math::philox_block(seed, offset, b0 + static_cast<uint64_t>(b));
+    for (int j = 0; j < 4; ++j) w[j][b] = r.v[j];
+  }
+}
+
 // Elements [begin, end) of one tensor, any variant. Stochastic rounding gives element i the 16 bits
 // (i % 2 == 0: low, else high half) of word (i % 8) / 2 of Philox block i / 8 (per-element
 // counters: the noise does not depend on how the work is split).
@@ -147,18 +165,19 @@ FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t en
   if constexpr (V::stochastic) {
     // Random bits for a piece of the range first (a loop over Philox blocks), then the update.
     // Rounding needs 16 bits per element: one block of 4 x 32 bits serves 8 elements.
-    constexpr int64_t kPiece = 2048;
-    uint16_t bits[kPiece + 16];
+    constexpr int64_t kPiece = 2048, kPieceBlocks = kPiece / 8 + 16;  // + room for AVX-512's whole groups
+    uint16_t bits[kPieceBlocks * 8];
+    alignas(64) uint32_t words[4][kPieceBlocks];
     for (int64_t lo = begin; lo < end; lo += kPiece) {
       const int64_t hi = lo + kPiece < end ? lo + kPiece : end;
       const int64_t first_block = lo >> 3, last_block = (hi + 7) >> 3;
-      for (int64_t b = first_block; b < last_block; ++b) {
-        const math::Philox4x32 r = math::philox_block(seed, job.sr_offset, static_cast<uint64_t>(b));
+      const int64_t nblocks = last_block - first_block;
+      philox_words_of(seed, job.sr_offset, static_cast<uint64_t>(first_block), nblocks, words);
+      for (int64_t b = 0; b < nblocks; ++b)
         for (int j = 0; j < 4; ++j) {
-          bits[(b - first_block) * 8 + 2 * j] = static_cast<uint16_t>(r.v[j]);
-          bits[(b - first_block) * 8 + 2 * j + 1] = static_cast<uint16_t>(r.v[j] >> 16);
+          bits[b * 8 + 2 * j] = static_cast<uint16_t>(words[j][b]);
+          bits[b * 8 + 2 * j + 1] = static_cast<uint16_t>(words[j][b] >> 16);
         }
-      }
       adam_range<V>(job, lo, hi, BitsNoise{bits, first_block * 8});
     }
   } else {
