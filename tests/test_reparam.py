@@ -327,3 +327,32 @@ def test_gaussian_kl_forward_and_backward(dtype, with_prior):
     for got, exp in zip(grads, torch.autograd.grad((rkl * w).sum(), leaves64)):
         assert got.shape == exp.shape
         _check(got, exp, dtype, 19 * 4)
+
+
+@pytest.mark.parametrize("layout", ["shared", "shared_strided", "partial_broadcast", "full", "full_transposed"])
+def test_prior_layouts_read_in_place_or_expanded(layout):
+    """Priors shared by every row are read in place (row stride 0), others expanded: same values and grads."""
+    dtype = torch.float64
+    mu, lv = _inputs((3, 4, 7), dtype, seed=21, scale=0.6)
+    shapes = {"shared": (7,), "shared_strided": (14,), "partial_broadcast": (3, 1, 7), "full": (3, 4, 7),
+              "full_transposed": (3, 7, 4)}
+    pm, plv = (t * 0.5 for t in _inputs(shapes[layout], dtype, seed=22))
+    if layout == "shared_strided":
+        pm, plv = pm[::2], plv[::2]
+    if layout == "full_transposed":
+        pm, plv = pm.transpose(1, 2), plv.transpose(1, 2)
+    leaves = [t.detach().requires_grad_() for t in (mu, lv, pm, plv)]
+    z, kl, lq, lp = fk.reparameterize(leaves[0], leaves[1], prior=(leaves[2], leaves[3]), num_samples=2, seed=4,
+                                      return_log_prob=True)
+    eps = _eps(4, 0, mu.shape, 2)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in (mu, lv, pm, plv)]
+    ref = R.reparameterize_reference(ref_leaves[0], ref_leaves[1], eps,
+                                     prior=(ref_leaves[2].expand(mu.shape), ref_leaves[3].expand(mu.shape)))
+    for got, exp in zip((z, kl, lq, lp), ref):
+        _check(got, exp, dtype, 14)
+    w = [torch.randn(t.shape, dtype=dtype, generator=torch.Generator().manual_seed(i)) for i, t in enumerate(ref)]
+    grads = torch.autograd.grad(sum((t * wi).sum() for t, wi in zip((z, kl, lq, lp), w)), leaves)
+    rgrads = torch.autograd.grad(sum((t * wi).sum() for t, wi in zip(ref, w)), ref_leaves)
+    for got, exp in zip(grads, rgrads):
+        assert got.shape == exp.shape
+        _check(got, exp, dtype, 14)

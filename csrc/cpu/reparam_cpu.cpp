@@ -34,9 +34,22 @@ void check_like(const at::Tensor& t, const at::Tensor& mu, const char* name) {
   TORCH_CHECK(t.device() == mu.device(), name, " must be on mu's device");
 }
 
-at::Tensor prior_rows(const c10::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
+// The prior as rows the kernels read through a row stride (ReparamFwdArgs): a prior shared by every row
+// (shape (D,) or (1, ..., 1, D), the common case) is read in place with stride 0 instead of being expanded
+// to mu's size; a prior already of mu's layout is read as is; any other broadcast is expanded.
+struct PriorRows {
+  at::Tensor rows;
+  int64_t row_stride;
+};
+
+PriorRows prior_rows(const c10::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
   check_like(*p, mu, name);
-  return p->expand(mu.sizes()).contiguous();
+  const at::Tensor e = p->expand(mu.sizes());
+  const int64_t D = mu.size(-1);
+  bool shared = true;
+  for (int64_t d = 0; d + 1 < e.dim(); ++d) shared = shared && (e.stride(d) == 0 || e.size(d) == 1);
+  if (shared && (e.stride(-1) == 1 || D <= 1)) return {e, 0};
+  return {e.contiguous(), D};
 }
 
 // A large output the kernel writes whole: huge pages make its first touch cheap (see huge_pages.h).
@@ -64,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
   check_like(lv_in, mu_in, "logvar");
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
-  at::Tensor mp, lvp;
+  PriorRows mp{at::Tensor(), 0}, lvp{at::Tensor(), 0};
   if (has_prior) {
     mp = prior_rows(prior_mu, mu, "prior mean");
     lvp = prior_rows(prior_logvar, mu, "prior logvar");
@@ -82,8 +95,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
   ReparamFwdArgs a{dtype_of(mu),
                    mu.data_ptr(),
                    lv.data_ptr(),
-                   has_prior ? mp.data_ptr() : nullptr,
-                   has_prior ? lvp.data_ptr() : nullptr,
+                   has_prior ? mp.rows.data_ptr() : nullptr,
+                   has_prior ? lvp.rows.data_ptr() : nullptr,
                    K > 0 ? z.data_ptr() : nullptr,
                    kl.data_ptr(),
                    with_log_prob && K > 0 ? lq.data_ptr() : nullptr,
@@ -92,7 +105,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
                    D,
                    K,
                    seed,
-                   offset};
+                   offset,
+                   mp.row_stride,
+                   lvp.row_stride};
   if (rows > 0) reparam_forward_cpu(a);
   return {z, kl, lq, lp};
 }
@@ -106,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
   check_like(lv_in, mu_in, "logvar");
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
-  at::Tensor mp, lvp;
+  PriorRows mp{at::Tensor(), 0}, lvp{at::Tensor(), 0};
   if (has_prior) {
     mp = prior_rows(prior_mu, mu, "prior mean");
     lvp = prior_rows(prior_logvar, mu, "prior logvar");
@@ -132,8 +147,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
                    glp.defined() ? glp.data_ptr() : nullptr,
                    mu.data_ptr(),
                    lv.data_ptr(),
-                   has_prior ? mp.data_ptr() : nullptr,
-                   has_prior ? lvp.data_ptr() : nullptr,
+                   has_prior ? mp.rows.data_ptr() : nullptr,
+                   has_prior ? lvp.rows.data_ptr() : nullptr,
                    gmu.data_ptr(),
                    glv.data_ptr(),
                    has_prior ? gmp.data_ptr() : nullptr,
@@ -142,7 +157,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
                    D,
                    K,
                    seed,
-                   offset};
+                   offset,
+                   mp.row_stride,
+                   lvp.row_stride};
   if (rows > 0 && D > 0) reparam_backward_cpu(a);
   return {gmu, glv, gmp, glvp};
 }

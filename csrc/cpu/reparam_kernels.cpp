@@ -120,8 +120,8 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
     const int64_t r = a.K > 0 ? t % R : t;
     const S* __restrict mu = mu_all + r * D;
     const S* __restrict lv = lv_all + r * D;
-    const S* __restrict mp = Cfg::prior ? mp_all + r * D : nullptr;
-    const S* __restrict lvp = Cfg::prior ? lvp_all + r * D : nullptr;
+    const S* __restrict mp = Cfg::prior ? mp_all + r * a.mp_row_stride : nullptr;
+    const S* __restrict lvp = Cfg::prior ? lvp_all + r * a.lvp_row_stride : nullptr;
     const bool first_sample = t < R;  // the KL of row r is computed once, with its first sample
     if (a.K > 0) {
       if (t >= tile_end) {
@@ -263,8 +263,8 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
         const int64_t r = r0 + i, t = k * R + r;
         const S* mu = static_cast<const S*>(a.mu) + r * D;
         const S* lv = static_cast<const S*>(a.lv) + r * D;
-        const S* mp = Cfg::prior ? static_cast<const S*>(a.mp) + r * D : nullptr;
-        const S* lvp = Cfg::prior ? static_cast<const S*>(a.lvp) + r * D : nullptr;
+        const S* mp = Cfg::prior ? static_cast<const S*>(a.mp) + r * a.mp_row_stride : nullptr;
+        const S* lvp = Cfg::prior ? static_cast<const S*>(a.lvp) + r * a.lvp_row_stride : nullptr;
         A* acc_row = sums.empty() ? nullptr : sums.data() + 4 * i * D;
         const GradRows<A> acc{acc_row, acc_row + D, acc_row + 2 * D, acc_row + 3 * D};
         const GradRows<S> out{static_cast<S*>(a.gmu) + r * D, static_cast<S*>(a.glv) + r * D,

@@ -7,7 +7,8 @@ namespace fused_kingma::cpu {
 
 enum class ReparamDtype : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
-// mu, logvar, prior: (R, D) contiguous (prior already expanded); z: (K, R, D); kl: (R,); lq, lp: (K, R).
+// mu, logvar: (R, D) contiguous; prior rows: row r of mp starts at mp + r * mp_row_stride (stride D, or 0 for
+// a prior shared by every row), the same for lvp; z: (K, R, D); kl: (R,); lq, lp: (K, R).
 // K == 0: KL only. Pointers not needed are null.
 struct ReparamFwdArgs {
   ReparamDtype dtype;
@@ -15,10 +16,11 @@ struct ReparamFwdArgs {
   void *z, *kl, *lq, *lp;
   int64_t R, D, K;
   uint64_t seed, offset;
+  int64_t mp_row_stride, lvp_row_stride;
 };
 
 // Gradients. gz: (K, R, D) or null (then K must be 0); gkl: (R,); glq, glp: (K, R) or null.
-// Outputs gmu, glv: (R, D); gmp, glvp: (R, D) when a prior is given.
+// Outputs gmu, glv: (R, D); gmp, glvp: (R, D) when a prior is given (prior rows read as in ReparamFwdArgs).
 struct ReparamBwdArgs {
   ReparamDtype dtype;
   const void *gz, *gkl, *glq, *glp;
@@ -26,6 +28,7 @@ struct ReparamBwdArgs {
   void *gmu, *glv, *gmp, *glvp;
   int64_t R, D, K;
   uint64_t seed, offset;
+  int64_t mp_row_stride, lvp_row_stride;
 };
 
 void reparam_forward_cpu(const ReparamFwdArgs& a);
