@@ -127,8 +127,18 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
       if (t >= tile_end) {
         tile_begin = t;
         tile_end = std::min(hi, t + tile_rows);
+        // The rows of the next tile (input rows of a prior shared by all rows stay cached anyway).
+        const int64_t next_rows = std::min(hi, tile_end + tile_rows) - tile_end;
+        PrefetchPlan next;
+        if (next_rows > 0) {
+          const int64_t next_r = a.K > 0 ? tile_end % R : tile_end;
+          const int64_t bytes = std::min(next_rows, R - next_r) * D * static_cast<int64_t>(sizeof(S));
+          next.add(mu_all + next_r * D, bytes, false);
+          next.add(lv_all + next_r * D, bytes, false);
+          next.add(static_cast<S*>(a.z) + tile_end * D, next_rows * D * static_cast<int64_t>(sizeof(S)), true);
+        }
         tile_eps = normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D),
-                                         (tile_end - t) * D, noise.data());
+                                         (tile_end - t) * D, noise.data(), next);
       }
       const float* __restrict eps = tile_eps + (t - tile_begin) * D;
       S* __restrict z = static_cast<S*>(a.z) + t * D;
@@ -256,9 +266,24 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
     }
     for (int64_t k = 0; k < (K > 0 ? K : 1); ++k) {
       const float* eps_tile = nullptr;
-      if (K > 0)
+      if (K > 0) {
+        // What the next (sample, tile) pass reads and writes: the next sample's grad_z rows of this tile, or
+        // for the last sample the next tile's inputs and outputs.
+        PrefetchPlan next;
+        const int64_t es = static_cast<int64_t>(sizeof(S));
+        if (k + 1 < K) {
+          next.add(static_cast<const S*>(a.gz) + ((k + 1) * R + r0) * D, rows * D * es, false);
+        } else if (r0 + rows < hi) {
+          const int64_t r1 = r0 + rows, n1 = std::min(tile_rows, hi - r1) * D * es;
+          next.add(static_cast<const S*>(a.mu) + r1 * D, n1, false);
+          next.add(static_cast<const S*>(a.lv) + r1 * D, n1, false);
+          next.add(static_cast<const S*>(a.gz) + r1 * D, n1, false);
+          next.add(static_cast<S*>(a.gmu) + r1 * D, n1, true);
+          next.add(static_cast<S*>(a.glv) + r1 * D, n1, true);
+        }
         eps_tile = normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(k * R + r0) * static_cast<uint64_t>(D),
-                                         rows * D, noise.data());
+                                         rows * D, noise.data(), next);
+      }
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t r = r0 + i, t = k * R + r;
         const S* mu = static_cast<const S*>(a.mu) + r * D;

@@ -62,13 +62,49 @@ static inline __attribute__((always_inline)) void philox_words(uint64_t seed, ui
   }
 }
 
-// Normals of blocks b0 .. b0 + nblocks - 1 into out[0 .. 4*nblocks), in element order.
+// Memory the caller reads or writes next (the following tile of rows), touched while the noise of this tile
+// is computed: generating normals is pure arithmetic, so without this the loads and the write-allocate of the
+// next tile would wait until the arithmetic is done instead of overlapping with it. Up to kMaxStreams ranges;
+// each noise chunk prefetches its share of every range, one cache line at a time.
+struct PrefetchPlan {
+  static constexpr int kMaxStreams = 6;
+  const char* begin[kMaxStreams] = {};
+  int64_t bytes[kMaxStreams] = {};
+  bool write[kMaxStreams] = {};
+  int streams = 0;
+
+  void add(const void* p, int64_t nbytes, bool for_write) {
+    if (p == nullptr || nbytes <= 0 || streams == kMaxStreams) return;
+    begin[streams] = static_cast<const char*>(p);
+    bytes[streams] = nbytes;
+    write[streams] = for_write;
+    ++streams;
+  }
+
+  // Prefetches part `part` of `parts` of every range (into L2: the next tile is used after this one).
+  inline __attribute__((always_inline)) void touch(int64_t part, int64_t parts) const {
+    constexpr int64_t kLine = 64;
+    for (int i = 0; i < streams; ++i) {
+      const int64_t lo = bytes[i] * part / parts, hi = bytes[i] * (part + 1) / parts;
+      for (int64_t b = lo - lo % kLine; b < hi; b += kLine) {
+        if (write[i]) __builtin_prefetch(begin[i] + b, 1, 2);
+        else __builtin_prefetch(begin[i] + b, 0, 2);
+      }
+    }
+  }
+};
+
+// Normals of blocks b0 .. b0 + nblocks - 1 into out[0 .. 4*nblocks), in element order; prefetches `next`
+// along the way.
 template <class Isa>
 static inline __attribute__((always_inline)) void normals_of_blocks(uint64_t seed, uint64_t offset, uint64_t b0,
-                                                                    int64_t nblocks, float* __restrict out) {
+                                                                    int64_t nblocks, float* __restrict out,
+                                                                    const PrefetchPlan& next = PrefetchPlan{}) {
   alignas(64) uint32_t w[4][kNoiseChunkBlocks];
-  for (int64_t s = 0; s < nblocks; s += kNoiseChunkBlocks) {
+  const int64_t chunks = (nblocks + kNoiseChunkBlocks - 1) / kNoiseChunkBlocks;
+  for (int64_t s = 0, chunk = 0; s < nblocks; s += kNoiseChunkBlocks, ++chunk) {
     const int64_t n = std::min(kNoiseChunkBlocks, nblocks - s);
+    next.touch(chunk, chunks);
     philox_words<Isa>(seed, offset, b0 + static_cast<uint64_t>(s), n, w);
     float* __restrict o = out + 4 * s;
     for (int64_t b = 0; b < n; ++b) {
@@ -89,10 +125,11 @@ inline int64_t noise_buffer_len(int64_t n) { return n + 8; }
 // Fills buf and returns the pointer to the normal of flat index `start` inside it.
 template <class Isa>
 static inline __attribute__((always_inline)) const float* normals_of_range(uint64_t seed, uint64_t offset,
-                                                                           uint64_t start, int64_t n, float* buf) {
+                                                                           uint64_t start, int64_t n, float* buf,
+                                                                           const PrefetchPlan& next = PrefetchPlan{}) {
   const uint64_t b0 = start / 4;
   const int64_t nblocks = static_cast<int64_t>((start + static_cast<uint64_t>(n) + 3) / 4 - b0);
-  normals_of_blocks<Isa>(seed, offset, b0, nblocks, buf);
+  normals_of_blocks<Isa>(seed, offset, b0, nblocks, buf, next);
   return buf + (start - 4 * b0);
 }
 
