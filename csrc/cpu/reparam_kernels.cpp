@@ -32,12 +32,17 @@ struct AccOf<double> {
 template <class T>
 FK_ALWAYS_INLINE T row_sum(const T* __restrict x, int64_t n) {
   constexpr int W = 16;
+  static_assert(W == 16, "the fold below is written for 16 lanes");
   T acc[W] = {};
   int64_t j = 0;
   for (; j + W <= n; j += W)
     for (int l = 0; l < W; ++l) acc[l] += x[j + l];
-  for (int w = W / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  // The fold written out level by level: as a nested loop GCC kept it scalar, through the stack, at a cost
+  // comparable to summing a 256-wide row.
+  for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
+  for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
+  for (int l = 0; l < 2; ++l) acc[l] += acc[l + 2];
+  acc[0] += acc[1];
   T tail = 0;
   for (; j < n; ++j) tail += x[j];
   return acc[0] + tail;
