@@ -1,7 +1,7 @@
 // Adam / AdamW / Adamax on CUDA: one multi-tensor launch per parameter group and storage format
 // (see multi_tensor.cuh), each element updated by csrc/math/adam.h in the order
 // csrc/cpu/adam_kernel.h (adam_range) uses, so CUDA and CPU agree to rounding.
-// Capturable: steps, grad_scale and found_inf are read on the device; nothing here syncs the host.
+// Capturable: steps, grad_scale, found_inf and (lr_device) lr are read on the device; nothing here syncs the host.
 #include <cstring>
 #include <type_traits>
 
@@ -41,12 +41,13 @@ __device__ __forceinline__ math::AdamConsts<C> row_consts(const AdamArgs& a, dou
   c.grad_sign = static_cast<C>(a.maximize ? -1.0 : 1.0);
   c.weight_decay = static_cast<C>(a.weight_decay);
   c.l2 = static_cast<C>(a.l2 ? 1.0 : 0.0);
-  double decay_factor = a.decoupled && a.weight_decay != 0.0 ? 1.0 - a.lr * a.weight_decay : 1.0;
-  double neg_step_size = -(a.lr / bias_correction1);
+  const double lr = a.lr_device != nullptr ? *a.lr_device : a.lr;
+  double decay_factor = a.decoupled && a.weight_decay != 0.0 ? 1.0 - lr * a.weight_decay : 1.0;
+  double neg_step_size = -(lr / bias_correction1);
   if (a.lr_is_fp32_tensor) {  // as the CPU op: a float32 tensor lr makes these float32 arithmetic
     const auto f32 = [](double x) { return static_cast<double>(static_cast<float>(x)); };
-    neg_step_size = -f32(f32(a.lr) / f32(bias_correction1));
-    if (decay_factor != 1.0) decay_factor = f32(1.0 - f32(f32(a.lr) * f32(a.weight_decay)));
+    neg_step_size = -f32(f32(lr) / f32(bias_correction1));
+    if (decay_factor != 1.0) decay_factor = f32(1.0 - f32(f32(lr) * f32(a.weight_decay)));
   }
   c.decay_factor = static_cast<C>(decay_factor);
   c.first_weight = math::lerp_weight<C>(1.0 - a.beta1);
