@@ -688,14 +688,14 @@ def test_fused_adam_capturable_graph_step_equals_eager(cls, lr_kind):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         cap_opt.step()
-    torch.cuda.set_sync_debug_mode("error")  # a host sync in the eager capturable step raises
-    try:
-        for it in range(1, 6):
-            set_grads(it)
-            graph.replay()
+    for it in range(1, 6):
+        set_grads(it)
+        graph.replay()
+        torch.cuda.set_sync_debug_mode("error")  # a host sync in the eager capturable step raises
+        try:
             eager_opt.step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     for i, (a, b) in enumerate(zip(cap_params, eager_params)):
         assert torch.equal(a, b), f"param {i}: graph replay differs from eager"
