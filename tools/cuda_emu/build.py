@@ -1,9 +1,10 @@
-"""Builds the CPU emulation of csrc/cuda/reparam.cu (see emu.h) as a shared library for ctypes.
+"""Builds the CPU emulation of csrc/cuda/reparam.cu or adam.cu (see emu.h) as a shared library for ctypes.
 
-    python tools/cuda_emu/build.py OUT_DIR      # prints the library's path
+    python tools/cuda_emu/build.py OUT_DIR reparam|adam     # prints the library's path
 
-The kernel file is copied with each `kernel<<<grid, block, 0, stream>>>(args);` rewritten to
-`emu::launch(grid, block, kernel, args);` and compiled by g++ with emu.h in place of the CUDA compiler.
+The kernel file is copied with each `kernel<<<grid, block, 0, stream>>>(args...);` rewritten to
+`emu::launch(grid, block, kernel, args...);` and compiled by g++ with emu.h in place of the CUDA compiler,
+together with <name>_harness.cpp (the C entry points).
 """
 import os
 import re
@@ -14,7 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "include")
-_LAUNCH = re.compile(r"(\w+<[^;<>]*>)<<<(.*?), (\w+), 0, stream>>>\((\w+)\);")
+_LAUNCH = re.compile(r"(\w+(?:<[^;<>]*>)?)<<<(.*?), (\w+), 0, stream>>>\(([^;]*)\);")
 
 
 def missing():
@@ -26,21 +27,21 @@ def missing():
     return None
 
 
-def build(out_dir):
-    with open(os.path.join(ROOT, "csrc", "cuda", "reparam.cu")) as f:
+def build(out_dir, name):
+    with open(os.path.join(ROOT, "csrc", "cuda", f"{name}.cu")) as f:
         source = f.read()
     rewritten, n = _LAUNCH.subn(r"emu::launch(\2, \3, \1, \4);", source)
     if n != source.count("<<<"):
         raise RuntimeError(f"rewrote {n} of {source.count('<<<')} kernel launches: update build.py's pattern")
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "reparam_emu.cu"), "w") as f:
+    with open(os.path.join(out_dir, f"{name}_emu.cu"), "w") as f:
         f.write(rewritten)
-    lib = os.path.join(out_dir, "reparam_emu.so")
+    lib = os.path.join(out_dir, f"{name}_emu.so")
     subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-Wno-unknown-pragmas", f"-I{out_dir}", f"-I{HERE}",
-                    f"-I{os.path.join(ROOT, 'csrc')}", f"-I{CUDA_INCLUDE}", os.path.join(HERE, "harness.cpp"),
+                    f"-I{os.path.join(ROOT, 'csrc')}", f"-I{CUDA_INCLUDE}", os.path.join(HERE, f"{name}_harness.cpp"),
                     "-o", lib, "-lpthread"], check=True)
     return lib
 
 
 if __name__ == "__main__":
-    print(build(sys.argv[1]))
+    print(build(sys.argv[1], sys.argv[2]))

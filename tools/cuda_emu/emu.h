@@ -26,10 +26,10 @@ inline std::barrier<>* block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 alignas(16) inline unsigned char warp_slots[32][32 * 16];  // per warp: 32 lanes x up to 16 bytes
 
-// Runs kernel(args) on grid x block threads: `block` std::threads run every block in turn, with a barrier
+// Runs kernel(args...) on grid x block threads: `block` std::threads run every block in turn, with a barrier
 // between blocks (so the static "shared memory" of one block is not reused while it is read).
-template <class Kernel, class Args>
-void launch(unsigned grid, unsigned block, Kernel kernel, const Args& args) {
+template <class Kernel, class... Args>
+void launch(unsigned grid, unsigned block, Kernel kernel, const Args&... args) {
   grid_dim = {grid, 1, 1};
   block_dim = {block, 1, 1};
   std::barrier<> sync_threads(block), block_done(block);
@@ -42,7 +42,7 @@ void launch(unsigned grid, unsigned block, Kernel kernel, const Args& args) {
       thread_idx = {t, 0, 0};
       for (unsigned b = 0; b < grid; ++b) {
         block_idx = {b, 0, 0};
-        kernel(args);
+        kernel(args...);
         block_done.arrive_and_wait();
       }
     });
