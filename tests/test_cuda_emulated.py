@@ -328,3 +328,25 @@ def test_emulated_cuda_adam_formats_match_cpu(adam_lib, variant):
         emulated_adam(adam_lib, emu, **kw)
     tol = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float64: 1e-12}[dtype]
     assert_groups_close(emu, cpu, tol, variant)
+
+
+# =====================================================================================
+# The noise kernel (csrc/cuda/philox_noise.cu, the GPU's philox_debug) against the CPU stream.
+# =====================================================================================
+@pytest.fixture(scope="module")
+def noise_lib(tmp_path_factory):
+    return ctypes.CDLL(cuda_emu.build(str(tmp_path_factory.mktemp("cuda_emu_noise")), "philox_noise"))
+
+
+@pytest.mark.parametrize("n", [1, 4, 4 * 1000 + 3])
+def test_emulated_cuda_noise_kernel_matches_cpu_stream(noise_lib, n):
+    lib = noise_lib
+    so = torch.tensor([2**40 + 9, -3], dtype=torch.int64)
+    for kind in (1, 2):
+        out = torch.full((n,), float("nan"))
+        assert lib.emu_philox_noise(ptr(out), ctypes.c_int64(n), kind, ptr(so)) == 0
+        want = ops.philox_debug(2**40 + 9, -3, 0, (n + 3) // 4, kind)[:n]
+        if kind == 1:
+            assert torch.equal(out, want), "uniforms differ"
+        else:
+            assert_close(out, want, 2e-6, "normals")

@@ -1,6 +1,6 @@
-"""Builds the CPU emulation of csrc/cuda/reparam.cu or adam.cu (see emu.h) as a shared library for ctypes.
+"""Builds the CPU emulation of one csrc/cuda/*.cu file (see emu.h) as a shared library for ctypes.
 
-    python tools/cuda_emu/build.py OUT_DIR reparam|adam     # prints the library's path
+    python tools/cuda_emu/build.py OUT_DIR reparam|adam|philox_noise     # prints the library's path
 
 The kernel file is copied with each `kernel<<<grid, block, 0, stream>>>(args...);` rewritten to
 `emu::launch(grid, block, kernel, args...);` and compiled by g++ with emu.h in place of the CUDA compiler,
