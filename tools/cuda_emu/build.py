@@ -4,7 +4,8 @@
 
 The kernel file is copied with each `kernel<<<grid, block, 0, stream>>>(args...);` rewritten to
 `emu::launch(grid, block, kernel, args...);` and compiled by g++ with emu.h in place of the CUDA compiler,
-together with <name>_harness.cpp (the C entry points).
+together with <name>_harness.cpp (the C entry points). CUDA_EMU_CFLAGS adds compiler flags: .ci/sanitize.sh
+builds with AddressSanitizer + UBSan, the CPU stand-in for compute-sanitizer memcheck.
 """
 import os
 import re
@@ -37,7 +38,8 @@ def build(out_dir, name):
     with open(os.path.join(out_dir, f"{name}_emu.cu"), "w") as f:
         f.write(rewritten)
     lib = os.path.join(out_dir, f"{name}_emu.so")
-    subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-Wno-unknown-pragmas", f"-I{out_dir}", f"-I{HERE}",
+    extra = os.environ.get("CUDA_EMU_CFLAGS", "").split()  # e.g. -fsanitize=address (.ci/sanitize.sh)
+    subprocess.run(["g++", "-std=c++20", "-O1", *extra, "-shared", "-fPIC", "-Wall", "-Werror", "-Wno-unknown-pragmas", f"-I{out_dir}", f"-I{HERE}",
                     f"-I{os.path.join(ROOT, 'csrc')}", f"-I{CUDA_INCLUDE}", os.path.join(HERE, f"{name}_harness.cpp"),
                     "-o", lib, "-lpthread"], check=True)
     return lib
