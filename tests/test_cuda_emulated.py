@@ -112,15 +112,27 @@ PRIORS = {
 }
 
 # Shapes: odd last dims (Philox blocks straddle rows and samples), 3-D batches, a row of >= 1024 (the
-# block-per-row reduction), an empty latent dim and an empty batch.
+# block-per-row reduction), last dims of a multiple of 4 (the 16-byte vector paths), an empty latent dim
+# and an empty batch.
 CASES = [((7,), "none"), ((6, 37), "shared"), ((2, 3, 9), "shared_keepdim"), ((5, 13), "per_row"),
-         ((4, 10), "broadcast_column"), ((3, 1030), "shared"), ((3, 0), "none"), ((0, 4), "none")]
+         ((4, 10), "broadcast_column"), ((3, 1030), "shared"), ((5, 8), "per_row"), ((6, 32), "shared"),
+         ((2, 1024), "none"), ((3, 0), "none"), ((0, 4), "none")]
 
 
-def run_case(lib, shape, prior_kind, k, log_prob, dtype, seed):
+def misaligned(t):
+    """A copy of t whose storage starts one element past an aligned address (the kernels' scalar paths)."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def run_case(lib, shape, prior_kind, k, log_prob, dtype, seed, offset_inputs=False):
     g = torch.Generator().manual_seed(seed)
     mu = torch.randn(shape, generator=g).to(dtype)
     logvar = (0.5 * torch.randn(shape, generator=g)).to(dtype)
+    if offset_inputs:
+        mu, logvar = misaligned(mu), misaligned(logvar)
     prior = None
     if PRIORS[prior_kind] is not None:
         ps = PRIORS[prior_kind](shape)
@@ -153,8 +165,16 @@ def test_emulated_cuda_reparam_matches_cpu_op_fp32(lib, shape, prior_kind, num_s
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=str)
 def test_emulated_cuda_reparam_matches_cpu_op_other_dtypes(lib, dtype):
-    for i, (shape, prior_kind) in enumerate(CASES[:6]):
+    for i, (shape, prior_kind) in enumerate(CASES[:8]):
         run_case(lib, shape, prior_kind, 2, True, dtype, seed=100 + i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_emulated_cuda_reparam_misaligned_inputs_take_the_scalar_path(lib, dtype):
+    # Last dim a multiple of 4 but mu / logvar 1 element off alignment: the vector paths must not be taken.
+    assert misaligned(torch.zeros(8, dtype=dtype)).data_ptr() % 8 != 0
+    for k in (1, 3):
+        run_case(lib, (6, 32), "shared", k, True, dtype, seed=200 + k, offset_inputs=True)
 
 
 def test_emulated_cuda_reparam_noise_is_the_cpu_stream(lib):

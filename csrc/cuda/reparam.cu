@@ -10,6 +10,7 @@
 // num_samples == 0).
 // Backward: a thread per 4 consecutive elements of mu, looping over the samples with the noise
 // regenerated; no reductions (the per-row sums over samples of grad_log_q are per element loops).
+// Rows of a multiple of 4 elements with aligned arrays use 16-byte loads and stores (fp64: two).
 #include "cuda/device_common.cuh"
 #include "cuda/launch.h"
 #include "math/gaussian.h"
@@ -70,6 +71,38 @@ __device__ __forceinline__ C log_p_term(C z, C pm, C plv) {
   }
 }
 
+// Elements [i, i + 4) of an array of T, in compute type C: one vector load (16 bytes, fp64 two) when `vec`,
+// else element by element for q < count (the others repeat element i and are never stored).
+template <class T, class C>
+__device__ __forceinline__ void load4(const void* base, int64_t i, int count, bool vec, C (&out)[4]) {
+  const T* p = static_cast<const T*>(base) + i;
+  T v[4];
+  if (vec) {
+    load_vec(v, p);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[q] = p[q < count ? q : 0];
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) out[q] = static_cast<C>(to_float(v[q]));
+}
+
+// Stores elements [i, i + count) from x: one vector store when `vec` (count == 4 then).
+template <class T, class C>
+__device__ __forceinline__ void store4(void* base, int64_t i, int count, bool vec, const C (&x)[4]) {
+  T* p = static_cast<T*>(base) + i;
+  T v[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) v[q] = store_cast<T>(x[q]);
+  if (vec) {
+    store_vec(p, v);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (q < count) p[q] = v[q];
+  }
+}
+
 template <class T, int kTPR, bool kPrior>
 __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_constant__ ReparamForwardArgs a) {
   static_assert(kTPR == 32 || kTPR == kThreads, "a warp or the whole block per item");
@@ -83,6 +116,10 @@ __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_
   const int64_t items = sampling ? K * R : R;
   const int lane = static_cast<int>(threadIdx.x) % kTPR;
   const C log_norm = -static_cast<C>(math::kHalfLog2Pi) * static_cast<C>(D);
+  // Rows of a multiple of 4 elements start on a Philox block, so each block's 4 elements are 4 aligned
+  // elements of one row: vector loads and stores when the arrays are aligned too.
+  const bool vec = D % 4 == 0 && vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.z) &&
+                   vec_aligned<T>(a.prior_mu) && vec_aligned<T>(a.prior_logvar);
 
   // Every thread of a group sees the same t, so the group sums below are reached by all of them.
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kTPR; t < items;
@@ -96,20 +133,47 @@ __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_
       for (int64_t g = s / 4 + lane; 4 * g < s + D; g += kTPR) {
         float eps4[4];
         math::normal4_from_bits(math::philox_block(key.seed, key.offset, static_cast<uint64_t>(g)), eps4);
+        const int64_t j0 = 4 * g - s;  // row position of the block's number q (may be < 0 or >= D: not this row's)
+        C m[4], l[4], pm[4] = {}, plv[4] = {}, z[4];
+        if (vec) {  // j0 .. j0 + 3 all in the row
+          load4<T>(a.mu, row + j0, 4, true, m);
+          load4<T>(a.logvar, row + j0, 4, true, l);
+          if constexpr (kPrior) {
+            load4<T>(a.prior_mu, prow_mu + j0, 4, true, pm);
+            load4<T>(a.prior_logvar, prow_lv + j0, 4, true, plv);
+          }
+        } else {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {  // compile-time q: the arrays stay in registers
+            const int64_t j = j0 + q;
+            if (j < 0 || j >= D) continue;
+            m[q] = load<T>(a.mu, row + j);
+            l[q] = load<T>(a.logvar, row + j);
+            if constexpr (kPrior) {
+              pm[q] = load<T>(a.prior_mu, prow_mu + j);
+              plv[q] = load<T>(a.prior_logvar, prow_lv + j);
+            }
+          }
+        }
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const int64_t j = 4 * g + q - s;
+          const int64_t j = j0 + q;
           if (j < 0 || j >= D) continue;
-          const C m = load<T>(a.mu, row + j), l = load<T>(a.logvar, row + j);
-          const C pm = kPrior ? load<T>(a.prior_mu, prow_mu + j) : C(0);
-          const C plv = kPrior ? load<T>(a.prior_logvar, prow_lv + j) : C(0);
           const C e = static_cast<C>(eps4[q]);
-          const C z = math::reparam_sample(m, l, e);
-          store<T>(a.z, s + j, z);
-          if (first) kl_acc += kl_term<kPrior>(m, l, pm, plv);
+          z[q] = math::reparam_sample(m[q], l[q], e);
+          if (first) kl_acc += kl_term<kPrior>(m[q], l[q], pm[q], plv[q]);
           if (log_prob) {
-            lq_acc += math::log_q_term(e, l);
-            lp_acc += log_p_term<kPrior>(z, pm, plv);
+            lq_acc += math::log_q_term(e, l[q]);
+            lp_acc += log_p_term<kPrior>(z[q], pm[q], plv[q]);
+          }
+        }
+        if (vec) {
+          store4<T>(a.z, s + j0, 4, true, z);
+        } else {
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int64_t j = j0 + q;
+            if (j >= 0 && j < D) store<T>(a.z, s + j, z[q]);
           }
         }
       }
@@ -143,21 +207,44 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
   const NoiseKey key = noise_key(a.seed_offset);
   const int64_t D = a.dim, R = a.rows, K = a.num_samples, N = R * D;
   const int64_t units = (N + 3) / 4;
+  // Rows of a multiple of 4 elements: a unit's 4 elements are 4 aligned elements of one row and of each
+  // sample's z (N is a multiple of 4 too), so whole units load and store as vectors when aligned.
+  const bool vec_ok = D % 4 == 0 && vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.grad_z) &&
+                      vec_aligned<T>(a.prior_mu) && vec_aligned<T>(a.prior_logvar) &&
+                      vec_aligned<T>(a.grad_mu) && vec_aligned<T>(a.grad_logvar) &&
+                      vec_aligned<T>(a.grad_prior_mu) && vec_aligned<T>(a.grad_prior_logvar);
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; u < units;
        u += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t i0 = 4 * u;
     const int count = N - i0 < 4 ? static_cast<int>(N - i0) : 4;
+    const bool vec = vec_ok && count == 4;
     int64_t row[4];
-    C m[4], l[4], pm[4], plv[4], sd[4], g_mu[4], g_lv[4], g_pm[4], g_plv[4];
+    C m[4], l[4], pm[4] = {}, plv[4] = {}, sd[4], g_mu[4], g_lv[4], g_pm[4], g_plv[4];
+    load4<T>(a.mu, i0, count, vec, m);
+    load4<T>(a.logvar, i0, count, vec, l);
+    if (vec) {
+      const int64_t r = i0 / D, j = i0 - r * D;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) row[q] = r;
+      if constexpr (kPrior) {
+        load4<T>(a.prior_mu, r * a.prior_mu_row_stride + j, 4, true, pm);
+        load4<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j, 4, true, plv);
+      }
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t i = q < count ? i0 + q : i0;  // past the end: element i0 again, never stored
+        const int64_t r = i / D, j = i - r * D;
+        row[q] = r;
+        if constexpr (kPrior) {
+          pm[q] = load<T>(a.prior_mu, r * a.prior_mu_row_stride + j);
+          plv[q] = load<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j);
+        }
+      }
+    }
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const int64_t i = q < count ? i0 + q : i0;  // past the end: element i0 again, never stored
-      const int64_t r = i / D, j = i - r * D;
-      row[q] = r;
-      m[q] = load<T>(a.mu, i);
-      l[q] = load<T>(a.logvar, i);
-      pm[q] = kPrior ? load<T>(a.prior_mu, r * a.prior_mu_row_stride + j) : C(0);
-      plv[q] = kPrior ? load<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j) : C(0);
+      const int64_t r = row[q];
       sd[q] = math::gexp(C(0.5) * l[q]);
       const C gk = load<T>(a.grad_kl, r);
       const math::KlGrad<C> kg = math::kl_normal_grad(m[q], l[q], pm[q], plv[q]);
@@ -176,6 +263,8 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
       math::normal4_from_bits(math::philox_block(key.seed, key.offset, static_cast<uint64_t>(e0 / 4)), lo);
       if (shift + count > 4)
         math::normal4_from_bits(math::philox_block(key.seed, key.offset, static_cast<uint64_t>(e0 / 4 + 1)), hi);
+      C gz[4];
+      load4<T>(a.grad_z, e0, count, vec, gz);
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         if (q >= count) continue;
@@ -185,7 +274,7 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         for (int w = 0; w < 8; ++w)
           if (w == pos) eps_f = w < 4 ? lo[w & 3] : hi[w & 3];
         const C e = static_cast<C>(eps_f);
-        C g = load<T>(a.grad_z, e0 + q);
+        C g = gz[q];
         if (a.grad_log_p != nullptr) {
           const C h = load<T>(a.grad_log_p, k * R + row[q]);
           const math::LogPGrad<C> lg = math::log_p_term_grad(m[q] + sd[q] * e, pm[q], plv[q]);
@@ -197,15 +286,11 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         g_lv[q] += g * C(0.5) * sd[q] * e;
       }
     }
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      if (q >= count) continue;
-      store<T>(a.grad_mu, i0 + q, g_mu[q]);
-      store<T>(a.grad_logvar, i0 + q, g_lv[q]);
-      if constexpr (kPrior) {
-        store<T>(a.grad_prior_mu, i0 + q, g_pm[q]);
-        store<T>(a.grad_prior_logvar, i0 + q, g_plv[q]);
-      }
+    store4<T>(a.grad_mu, i0, count, vec, g_mu);
+    store4<T>(a.grad_logvar, i0, count, vec, g_lv);
+    if constexpr (kPrior) {
+      store4<T>(a.grad_prior_mu, i0, count, vec, g_pm);
+      store4<T>(a.grad_prior_logvar, i0, count, vec, g_plv);
     }
   }
 }
