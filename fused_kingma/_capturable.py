@@ -30,8 +30,9 @@ def device_lr(group):
 
 
 def step_device(p, group):
-    """Where a new state's step counter lives: the param's device when capturable, else the CPU (as torch)."""
-    return p.device if group.get("capturable", False) else torch.device("cpu")
+    """Where a new state's step counter lives: the param's device when capturable, else None (torch's default
+    device, the CPU unless torch.set_default_device says otherwise; as torch.optim.Adam)."""
+    return p.device if group.get("capturable", False) else None
 
 
 def found_inf_read_on_device(found_inf, groups):
