@@ -25,7 +25,8 @@ _spec = importlib.util.spec_from_file_location("cuda_emu_build", _BUILD)
 cuda_emu = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cuda_emu)
 
-pytestmark = pytest.mark.skipif(cuda_emu.missing() is not None, reason=f"CUDA emulation: {cuda_emu.missing()}")
+_MISSING = cuda_emu.missing()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"CUDA emulation: {_MISSING}")
 
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 TOL = {torch.float64: 8e-6, torch.float32: 8e-6, torch.float16: 8e-3, torch.bfloat16: 6.4e-2}

@@ -25,6 +25,10 @@ def missing():
         return "no g++"
     if not os.path.exists(os.path.join(CUDA_INCLUDE, "cuda_fp16.h")):
         return f"no CUDA headers in {CUDA_INCLUDE} (set CUDA_HOME)"
+    probe = subprocess.run(["g++", "-std=c++20", "-fsyntax-only", "-x", "c++", "-"], input="#include <barrier>\n",
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return "g++ lacks C++20 <barrier> (GCC >= 11 needed)"
     return None
 
 
