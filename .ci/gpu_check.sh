@@ -10,6 +10,8 @@
 # One log, gpu-check.log, plus summary.txt and the results JSON go to $OUT when set (else
 # build/gpu-check/). Each step runs under its own limit and within GPU_CHECK_BUDGET seconds in
 # all (default 570); a failed step does not stop the next; exit 1 if any failed.
+# GPU_CHECK_ONLY="pytest-cuda memcheck" runs only the named steps (after the build), for a second call
+# when the first ran out of budget.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,6 +29,10 @@ failed=0
 step() {  # step <name> <seconds> <command...>: runs it within the budget left, records the outcome
   local name=$1 limit=$2
   shift 2
+  if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$name" != build ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then
+    summary+=("SKIP  $name (not in GPU_CHECK_ONLY)")
+    return 0
+  fi
   local left=$((BUDGET - SECONDS - 5))
   if [ "$left" -lt 20 ]; then
     summary+=("SKIP  $name (time budget spent)")
@@ -65,8 +71,9 @@ step bench 200 "$PY" benchmarks/run.py --device cuda
 find benchmarks/results -name "*.json" -newer "$ALL" -exec cp {} "$LOG/" \; 2>/dev/null
 
 if command -v compute-sanitizer >/dev/null; then
-  # The small tests marked `sanitize` (the sanitizer slows kernels 10-100x).
-  step memcheck 120 compute-sanitizer --tool memcheck --error-exitcode 99 --target-processes all \
+  # The small tests marked `sanitize` (the sanitizer slows kernels 10-100x); racecheck on the tests of
+  # the per-row reductions (warp shuffles and the shared-memory block sum of rows >= 1024).
+  step memcheck 180 compute-sanitizer --tool memcheck --error-exitcode 99 --target-processes all \
     "$PY" -m pytest -q -x -m "cuda and sanitize" tests/test_cuda.py
   step racecheck 60 compute-sanitizer --tool racecheck --error-exitcode 99 --target-processes all \
     "$PY" -m pytest -q -x -m cuda -k "reduction" tests/test_cuda.py

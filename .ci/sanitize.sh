@@ -14,10 +14,14 @@ ASAN_LIB=$(gcc -print-file-name=libasan.so)
 UBSAN_LIB=$(gcc -print-file-name=libubsan.so)
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+# The CPU emulation of the CUDA kernels (tests/test_cuda_emulated.py) is built with the sanitizers too: out of
+# bounds accesses of the kernels' index math then fail here, as compute-sanitizer memcheck would on a GPU.
+export CUDA_EMU_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 # Tests import the package from $PKG, never the in-place one (checked below).
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -c \
   "import fused_kingma._ops, fused_kingma, sys; assert fused_kingma.__file__.startswith('$PWD/$PKG'), fused_kingma.__file__; print('asan build:', fused_kingma.__file__)"
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -m pytest -q -x -p no:cacheprovider \
-  --rootdir=. ${SANITIZE_TESTS:-tests/test_adam.py tests/test_adam_extras.py tests/test_reparam.py tests/test_philox.py} \
+  --rootdir=. ${SANITIZE_TESTS:-tests/test_adam.py tests/test_adam_extras.py tests/test_reparam.py tests/test_philox.py \
+  tests/test_cuda_emulated.py} \
   -k "${SANITIZE_K:-not slow}"
 echo "sanitize: OK ($SO)"

@@ -92,7 +92,8 @@ def reparameterize(mu, logvar, *, num_samples=1, prior=None, free_bits=None, ret
     Noise: element i of z (flat, samples dim first) is normal number i % 4 of Philox4x32-10 block i // 4 for
     (seed, offset), Box-Muller in float32 (README "How the noise is defined"). Without seed=, (seed, offset)
     are two int64 words drawn with ``torch.randint(0, 2**63 - 1, (2,), dtype=torch.int64, generator=generator)``
-    on mu's device (an out-of-place RNG op, so torch.compile traces it without a graph break):
+    on mu's device (an out-of-place RNG op, so torch.compile traces it without a graph break, and CUDA graphs
+    capture it: the CUDA kernel reads the pair on the device, so each replay draws fresh noise):
     torch.manual_seed makes runs reproducible and every call gets fresh noise. The noise is float32 for every
     dtype (widened to float64 for float64 inputs, whose math is then float64);
     fp16/bf16 inputs are computed in float32. Backward regenerates eps from (seed, offset): nothing of z's

@@ -25,7 +25,7 @@ import re
 
 import torch
 
-from . import reference
+from . import _capturable, reference
 from ._ops import ops
 
 __all__ = ["FusedAdam", "FusedAdamW", "FusedAdamax"]
@@ -110,7 +110,8 @@ class _FusedAdamBase:
                 raise ValueError(f"{name}: param group {gi}: {key} must be finite, got {v}")
             return v
 
-        lr = scalar("lr", group["lr"])
+        lr_tensor = _capturable.device_lr(group)  # capturable: lr stays on the GPU (no host read, no check)
+        lr = scalar("lr", group["lr"]) if lr_tensor is None else 0.0
         beta1, beta2 = (scalar(f"betas[{i}]", b) for i, b in enumerate(group["betas"]))
         eps = scalar("eps", group["eps"])
         wd = scalar("weight_decay", group["weight_decay"])
@@ -127,7 +128,8 @@ class _FusedAdamBase:
                 raise ValueError(f"{name}: param group {gi}: ema_decay must be in [0, 1), got {ema}")
         if group.get("differentiable", False):
             raise NotImplementedError(f"{name}: differentiable=True is not supported")
-        return dict(rule=self._rule, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=wd,
+        return dict(rule=self._rule, lr=lr if lr_tensor is None else lr_tensor, beta1=beta1, beta2=beta2, eps=eps,
+                    weight_decay=wd,
                     decoupled_weight_decay=bool(group.get("decoupled_weight_decay", False)),
                     amsgrad=bool(group.get("amsgrad", False)), maximize=bool(group.get("maximize", False)),
                     ema_decay=0.0 if ema is None else ema,
@@ -144,7 +146,7 @@ class _FusedAdamBase:
     def _new_state(self, p, group):
         """State for a param's first step, as torch creates it (plus our extras)."""
         state = {"step": torch.tensor(0.0, dtype=torch.get_default_dtype() if torch.get_default_dtype() ==
-                                      torch.float64 else torch.float32)}
+                                      torch.float64 else torch.float32, device=_capturable.step_device(p, group))}
         self._complete_state(p, group, state)
         return state
 
@@ -228,10 +230,14 @@ class _FusedAdamBase:
                                      lists.steps, lists.masters, lists.emas, grad_scale=grad_scale,
                                      found_inf=found_inf, **hyper)
             return
+        op = ops.adam_step_
+        if torch.is_tensor(hyper["lr"]):  # capturable with a GPU lr tensor (_capturable.device_lr)
+            op = ops.adam_step_lr_tensor_
+            hyper = {k: v for k, v in hyper.items() if k != "lr_is_fp32_tensor"}
         try:
-            ops.adam_step_(lists.params, grads, lists.exp_avgs, lists.seconds, lists.max_seconds, lists.steps,
-                           lists.masters, lists.emas, grad_scale=grad_scale, found_inf=found_inf,
-                           check_only=check_only, **hyper)
+            op(lists.params, grads, lists.exp_avgs, lists.seconds, lists.max_seconds, lists.steps,
+               lists.masters, lists.emas, grad_scale=grad_scale, found_inf=found_inf,
+               check_only=check_only, **hyper)
         except (RuntimeError, ValueError, TypeError) as exc:
             for k, (p, g) in enumerate(zip(lists.params, grads)):  # the dispatcher refuses sparse grads itself
                 if g.layout != torch.strided or p.layout != torch.strided:
@@ -265,7 +271,9 @@ class _FusedAdamBase:
         if len(work) > 1 or any(not w[1].native for w in work):
             for gi, lists, grads, hyper, _ in work:
                 self._call(gi, lists, grads, hyper, grad_scale, found_inf, check_only=True)
-        if found_inf is not None and float(found_inf.item()) != 0.0:
+        on_device = found_inf is not None and _capturable.found_inf_read_on_device(
+            found_inf, [self.param_groups[w[0]] for w in work])  # capturable: the kernels skip, no host read
+        if found_inf is not None and not on_device and float(found_inf.item()) != 0.0:
             return loss  # GradScaler found inf/NaN: nothing changes, not even the step counts
         for gi, lists, grads, hyper, pending in work:
             self._call(gi, lists, grads, hyper, grad_scale, found_inf, check_only=False)

@@ -482,3 +482,245 @@ def test_reparam_cuda_bad_inputs():
         reparam(mu, logvar.cpu() if not DRY_RUN else logvar[:, :5])
     with pytest.raises((RuntimeError, ValueError, TypeError), match="logvar"):
         reparam(mu, logvar.double())
+
+
+# =====================================================================================
+# Reparameterization: the noise, sample counts, priors and log-densities of the CUDA op against the CPU
+# op on the same (seed, offset), and graph capture.
+# =====================================================================================
+def cpu_noise(seed, offset, n, kind):
+    """Numbers 0 .. n - 1 of the CPU noise stream: uniforms (kind 1) or normals (kind 2)."""
+    return ops.philox_debug(seed, offset, 0, (n + 3) // 4, kind)[:n]
+
+
+@needs_gpu
+@pytest.mark.sanitize
+@pytest.mark.parametrize("seed, offset", [(0, 0), (1234, 8), (2**64 - 5, 2**63 + 11)], ids=str)
+def test_cuda_uniforms_bit_for_bit_and_normals_match_cpu(seed, offset):
+    n = 4 * 1000 + 3  # a partial last block
+    so = torch.tensor([fused_kingma.functional._as_int64(seed, "seed"),
+                       fused_kingma.functional._as_int64(offset, "offset")], dtype=torch.int64, device=CUDA)
+    uniforms = ops.philox_debug_cuda(so, n, 1).cpu()
+    assert torch.equal(uniforms, cpu_noise(seed, offset, n, 1)), "CUDA uniforms differ from the CPU's"
+    normals = ops.philox_debug_cuda(so, n, 2).cpu()
+    assert_close_scaled(normals, cpu_noise(seed, offset, n, 2), 2e-6, "normals")
+
+
+# z's flat index (samples first) picks the noise number: mu = 0, logvar = 0 makes z the noise itself.
+@pytest.mark.sanitize
+@pytest.mark.parametrize("shape, num_samples", [((7,), 1), ((3, 5), 3), ((2, 3, 9), 2), ((5, 1030), 2)], ids=str)
+def test_reparam_cuda_noise_indexing_matches_cpu_stream(shape, num_samples):
+    seed, offset = 2**40 + 3, 17
+    zeros = torch.zeros(shape, device=CUDA)
+    z, _ = reparam(zeros, zeros, num_samples=num_samples, seed=seed, offset=offset)
+    want_shape = (num_samples, *shape) if num_samples > 1 else shape
+    assert z.shape == want_shape
+    want = cpu_noise(seed, offset, z.numel(), 2).reshape(want_shape)
+    assert_close_scaled(z.cpu(), want, 2e-6, "z = eps")
+
+
+PRIOR_LAYOUTS = {  # prior shapes for mu of shape (B, D) = (6, 37): shared rows (stride 0) or expanded
+    "none": None,
+    "shared_1d": (37,),
+    "shared_2d": (1, 37),
+    "per_row": (6, 37),
+    "per_row_column": (6, 1),
+}
+
+
+def reparam_all_outputs(dev, mu, logvar, prior, num_samples, seed):
+    """Forward with log-probs and backward with random output grads on `dev`; returns outputs and grads."""
+    leaves = [t.to(dev).requires_grad_() for t in [mu, logvar] + list(prior or [])]
+    pr = (leaves[2], leaves[3]) if prior else None
+    if num_samples == 0:
+        outs = [fused_kingma.gaussian_kl(leaves[0], leaves[1], prior=pr)]
+    else:
+        outs = list(reparam(leaves[0], leaves[1], prior=pr, num_samples=num_samples, return_log_prob=True,
+                            seed=seed, offset=3))
+    g = torch.Generator().manual_seed(21)
+    grads = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype).to(dev) for o in outs]
+    torch.autograd.backward(outs, grads)
+    return [o.detach().cpu() for o in outs] + [t.grad.cpu() for t in leaves]
+
+
+# Under compute-sanitizer (`sanitize`) only the float32 cases run: the layouts and sample counts are the point.
+@pytest.mark.parametrize("dtype", [pytest.param(d, marks=[pytest.mark.sanitize] if d == torch.float32 else [])
+                                   for d in DTYPES], ids=str)
+@pytest.mark.parametrize("layout", list(PRIOR_LAYOUTS))
+@pytest.mark.parametrize("num_samples", [0, 1, 4])
+def test_reparam_cuda_samples_prior_log_probs_match_cpu(dtype, layout, num_samples):
+    mu, logvar = random_latents((6, 37), dtype, seed=17)
+    shape = PRIOR_LAYOUTS[layout]
+    prior = None if shape is None else list(random_latents(shape, dtype, seed=18))
+    got = reparam_all_outputs(CUDA, mu, logvar, prior, num_samples, seed=77)
+    want = reparam_all_outputs("cpu", mu, logvar, prior, num_samples, seed=77)
+    names = (["kl"] if num_samples == 0 else ["z", "kl", "log_q", "log_p"]) + \
+        ["grad mu", "grad logvar", "grad prior mu", "grad prior logvar"]
+    for name, a, b in zip(names, got, want):
+        # log-densities and grads sum over rows / samples: a sum's rounding on top of the terms'.
+        assert_close_scaled(a, b, 4 * TOL_Z[dtype], f"{layout} K={num_samples} {name}")
+
+
+def test_reparam_cuda_empty_and_degenerate_shapes_match_cpu():
+    for shape in [(0, 5), (3, 0), (1,)]:
+        for k in (0, 1, 2):
+            mu = torch.randn(shape)
+            outs = {}
+            for dev in ("cpu", CUDA):
+                so = torch.tensor([5, 6], dtype=torch.int64, device=dev)
+                outs[str(dev)] = [t.cpu() for t in ops.reparam_fwd(mu.to(dev), mu.to(dev), None, None, so, k, True)]
+            for a, b in zip(outs[str(CUDA)], outs["cpu"]):
+                assert a.shape == b.shape, (shape, k, a.shape, b.shape)
+                assert_close_scaled(a, b, 2e-6, f"shape {shape} K={k}")
+
+
+@needs_gpu
+def test_reparam_cuda_graph_replay_noise_follows_the_cuda_generator():
+    # (seed, offset) are drawn by a torch RNG op inside the graph and read by the kernel on the device: a
+    # replay after torch.cuda.manual_seed(s) gives the noise of an eager call after the same manual_seed.
+    mu = torch.randn(64, 33, device="cuda")
+    logvar = torch.randn(64, 33, device="cuda") * 0.3
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        reparam(mu, logvar, num_samples=2)  # warm up outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z, kl = reparam(mu, logvar, num_samples=2)
+    torch.cuda.manual_seed(123)
+    graph.replay()
+    replay_a = z.clone()
+    graph.replay()
+    replay_b = z.clone()
+    torch.cuda.manual_seed(123)
+    eager_z, eager_kl = reparam(mu, logvar, num_samples=2)
+    torch.cuda.manual_seed(123)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert not torch.equal(replay_a, replay_b), "two replays drew the same noise"
+    assert torch.equal(z, replay_a), "a replay after manual_seed did not repeat the noise"
+    assert torch.equal(replay_a, eager_z), "a replay differs from the eager call after the same manual_seed"
+    assert torch.equal(kl, eager_kl)
+
+
+@needs_gpu
+def test_reparam_cuda_graph_captures_backward():
+    # Forward and backward in one graph: the backward regenerates the noise of the replay's (seed, offset),
+    # so grad logvar = sum over samples of grad z * eps * sd / 2 holds replay after replay.
+    mu = torch.randn(16, 40, device="cuda", requires_grad=True)
+    logvar = (torch.randn(16, 40, device="cuda") * 0.3).requires_grad_()
+
+    def step():
+        mu.grad = logvar.grad = None
+        z, kl = reparam(mu, logvar, num_samples=3)
+        (z.sum() + 0 * kl.sum()).backward()
+        return z
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()
+    torch.cuda.current_stream().wait_stream(stream)
+    mu.grad = logvar.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z = step()
+    seen = []
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        eps = (z.detach() - mu.detach()) / (0.5 * logvar.detach()).exp()
+        want = (0.5 * (0.5 * logvar.detach()).exp() * eps).sum(0)
+        assert_close_scaled(logvar.grad, want, 1e-4, "grad logvar after replay")
+        assert torch.equal(mu.grad, torch.full_like(mu, 3.0))
+        seen.append(z.detach().clone())
+    assert not torch.equal(seen[0], seen[1])
+
+
+# =====================================================================================
+# capturable FusedAdam / FusedAdamW: opt.step() captured in a CUDA graph, replayed, equal to eager steps.
+# =====================================================================================
+def _capturable_pair(cls, lr_kind, shapes, **kw):
+    g = torch.Generator(device="cuda").manual_seed(31)
+    base = [torch.randn(s, device="cuda", generator=g) for s in shapes]
+    pair = []
+    for _ in range(2):
+        params = [torch.nn.Parameter(b.clone()) for b in base]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        lr = torch.tensor(1e-2, device="cuda") if lr_kind == "tensor" else 1e-2
+        pair.append((params, cls(params, lr=lr, capturable=True, **kw)))
+    return pair
+
+
+@needs_gpu
+@pytest.mark.parametrize("cls", [fused_kingma.FusedAdam, fused_kingma.FusedAdamW], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("lr_kind", ["float", "tensor"])
+def test_fused_adam_capturable_graph_step_equals_eager(cls, lr_kind):
+    shapes = [(1000,), (33, 5), (65536 + 3,), (1,)]
+    (cap_params, cap_opt), (eager_params, eager_opt) = _capturable_pair(cls, lr_kind, shapes, weight_decay=0.01,
+                                                                         amsgrad=True)
+    grad_scale = torch.tensor([4.0], device="cuda")
+    found_inf = torch.tensor([0.0], device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(32)
+
+    def set_grads(it):
+        for a, b in zip(cap_params, eager_params):
+            grad = torch.randn(a.shape, device="cuda", generator=gen) * 4.0
+            a.grad.copy_(grad)
+            b.grad.copy_(grad)
+        found_inf.fill_(1.0 if it == 3 else 0.0)  # one step skipped, decided on the device
+        if lr_kind == "tensor":  # a scheduler changing lr in place between replays
+            for opt in (cap_opt, eager_opt):
+                opt.param_groups[0]["lr"].fill_(1e-2 / (it + 1))
+
+    for opt in (cap_opt, eager_opt):  # GradScaler's protocol: grad_scale / found_inf attributes during step
+        opt.grad_scale, opt.found_inf = grad_scale, found_inf
+    set_grads(0)
+    stream = torch.cuda.Stream()  # warm-up step (creates the state) on a side stream, as torch's docs do
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        cap_opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    eager_opt.step()
+    assert all(st["step"].device.type == "cuda" for st in cap_opt.state.values())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        cap_opt.step()
+    for it in range(1, 6):
+        set_grads(it)
+        graph.replay()
+        torch.cuda.set_sync_debug_mode("error")  # a host sync in the eager capturable step raises
+        try:
+            eager_opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    for i, (a, b) in enumerate(zip(cap_params, eager_params)):
+        assert torch.equal(a, b), f"param {i}: graph replay differs from eager"
+        sa, sb = cap_opt.state[a], eager_opt.state[b]
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "step"):
+            assert torch.equal(sa[key], sb[key]), f"param {i}: state {key} differs"
+        assert sa["step"].item() == 5.0, "1 warm-up + 5 replays, one skipped by found_inf"
+
+
+@needs_gpu
+def test_fused_adam_capturable_matches_torch_capturable_adam():
+    shapes = [(1000,), (33, 5)]
+    g = torch.Generator(device="cuda").manual_seed(33)
+    base = [torch.randn(s, device="cuda", generator=g) for s in shapes]
+    ours = [torch.nn.Parameter(b.clone()) for b in base]
+    ref = [torch.nn.Parameter(b.clone()) for b in base]
+    lr = 1e-2
+    opt = fused_kingma.FusedAdamW(ours, lr=torch.tensor(lr, device="cuda"), capturable=True)
+    ref_opt = torch.optim.AdamW(ref, lr=torch.tensor(lr, device="cuda"), capturable=True, foreach=False)
+    for _ in range(20):
+        for a, b in zip(ours, ref):
+            a.grad = torch.randn(a.shape, device="cuda", generator=g)
+            b.grad = a.grad.clone()
+        opt.step()
+        ref_opt.step()
+    for a, b in zip(ours, ref):
+        rel = ((a - b).abs().max() / b.abs().max()).item()
+        assert rel <= 1e-6, f"relative difference {rel:.2e} after 20 steps"

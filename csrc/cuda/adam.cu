@@ -1,7 +1,7 @@
 // Adam / AdamW / Adamax on CUDA: one multi-tensor launch per parameter group and storage format
 // (see multi_tensor.cuh), each element updated by csrc/math/adam.h in the order
 // csrc/cpu/adam_kernel.h (adam_range) uses, so CUDA and CPU agree to rounding.
-// Capturable: steps, grad_scale and found_inf are read on the device; nothing here syncs the host.
+// Capturable: steps, grad_scale, found_inf and (lr_device) lr are read on the device; nothing here syncs the host.
 #include <cstring>
 #include <type_traits>
 
@@ -18,9 +18,9 @@ namespace {
 constexpr int kThreads = kMultiTensorThreads;
 
 // Storage of state / ema for a param storage type P (DESIGN: fp32 for fp16/bf16 params).
-template <class P, bool kMaster> struct Formats {
+template <class P, bool kHasMaster> struct Formats {
   static constexpr bool kLow = sizeof(P) == 2;
-  using State = std::conditional_t<kMaster, float, P>;
+  using State = std::conditional_t<kHasMaster, float, P>;
   using Ema = std::conditional_t<kLow, float, P>;
   using C = typename OpMath<P>::type;
 };
@@ -41,12 +41,13 @@ __device__ __forceinline__ math::AdamConsts<C> row_consts(const AdamArgs& a, dou
   c.grad_sign = static_cast<C>(a.maximize ? -1.0 : 1.0);
   c.weight_decay = static_cast<C>(a.weight_decay);
   c.l2 = static_cast<C>(a.l2 ? 1.0 : 0.0);
-  double decay_factor = a.decoupled && a.weight_decay != 0.0 ? 1.0 - a.lr * a.weight_decay : 1.0;
-  double neg_step_size = -(a.lr / bias_correction1);
+  const double lr = a.lr_device != nullptr ? *a.lr_device : a.lr;
+  double decay_factor = a.decoupled && a.weight_decay != 0.0 ? 1.0 - lr * a.weight_decay : 1.0;
+  double neg_step_size = -(lr / bias_correction1);
   if (a.lr_is_fp32_tensor) {  // as the CPU op: a float32 tensor lr makes these float32 arithmetic
     const auto f32 = [](double x) { return static_cast<double>(static_cast<float>(x)); };
-    neg_step_size = -f32(f32(a.lr) / f32(bias_correction1));
-    if (decay_factor != 1.0) decay_factor = f32(1.0 - f32(f32(a.lr) * f32(a.weight_decay)));
+    neg_step_size = -f32(f32(lr) / f32(bias_correction1));
+    if (decay_factor != 1.0) decay_factor = f32(1.0 - f32(f32(lr) * f32(a.weight_decay)));
   }
   c.decay_factor = static_cast<C>(decay_factor);
   c.first_weight = math::lerp_weight<C>(1.0 - a.beta1);
@@ -59,9 +60,9 @@ __device__ __forceinline__ math::AdamConsts<C> row_consts(const AdamArgs& a, dou
   return c;
 }
 
-template <class P, bool kMaster>
+template <class P, bool kHasMaster>
 struct AdamKernel {
-  using F = Formats<P, kMaster>;
+  using F = Formats<P, kHasMaster>;
   using S = typename F::State;
   using E = typename F::Ema;
   using C = typename F::C;
@@ -91,7 +92,7 @@ struct AdamKernel {
       load_vec(m, first + i);
       load_vec(v, second + i);
       if (amsgrad) load_vec(vm, max_second + i);
-      if constexpr (kMaster) load_vec(w, master + i);
+      if constexpr (kHasMaster) load_vec(w, master + i);
       if (a.ema) load_vec(e, ema + i);
     } else {
 #pragma unroll
@@ -102,7 +103,7 @@ struct AdamKernel {
         m[k] = first[i + k];
         v[k] = second[i + k];
         if (amsgrad) vm[k] = max_second[i + k];
-        if constexpr (kMaster) w[k] = master[i + k];
+        if constexpr (kHasMaster) w[k] = master[i + k];
         if (a.ema) e[k] = ema[i + k];
       }
     }
@@ -126,7 +127,7 @@ struct AdamKernel {
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       if (!kFull && k >= count) continue;
-      C theta = kMaster ? static_cast<C>(w[k]) : static_cast<C>(to_float(p[k]));
+      C theta = kHasMaster ? static_cast<C>(w[k]) : static_cast<C>(to_float(p[k]));
       const C raw_grad = static_cast<C>(to_float(g[k]));
       if (unscale) g[k] = store_cast<P>(raw_grad / c.grad_scale);
       theta = theta * c.decay_factor;
@@ -145,7 +146,7 @@ struct AdamKernel {
       }
       m[k] = store_cast<S>(mk);
       v[k] = store_cast<S>(vk);
-      if constexpr (kMaster) w[k] = static_cast<float>(theta);
+      if constexpr (kHasMaster) w[k] = static_cast<float>(theta);
       if constexpr (std::is_same_v<P, __nv_bfloat16>) {
         if (stochastic) {
           p[k] = __ushort_as_bfloat16(math::float_to_bf16_stochastic(static_cast<float>(theta), noise[k]));
@@ -156,7 +157,7 @@ struct AdamKernel {
         p[k] = store_cast<P>(theta);
       }
       if (a.ema) {  // the EMA averages the parameter as stored (the master copy when there is one)
-        const C stored = (kMaster || stochastic) ? theta : static_cast<C>(to_float(p[k]));
+        const C stored = (kHasMaster || stochastic) ? theta : static_cast<C>(to_float(p[k]));
         e[k] = store_cast<E>(math::ema_update(static_cast<C>(to_float(e[k])), stored, c));
       }
     }
@@ -166,7 +167,7 @@ struct AdamKernel {
       store_vec(first + i, m);
       store_vec(second + i, v);
       if (amsgrad) store_vec(max_second + i, vm);
-      if constexpr (kMaster) store_vec(master + i, w);
+      if constexpr (kHasMaster) store_vec(master + i, w);
       if (a.ema) store_vec(ema + i, e);
     } else {
 #pragma unroll
@@ -177,7 +178,7 @@ struct AdamKernel {
         first[i + k] = m[k];
         second[i + k] = v[k];
         if (amsgrad) max_second[i + k] = vm[k];
-        if constexpr (kMaster) master[i + k] = w[k];
+        if constexpr (kHasMaster) master[i + k] = w[k];
         if (a.ema) ema[i + k] = e[k];
       }
     }
@@ -212,16 +213,16 @@ struct AdamKernel {
   }
 };
 
-template <class P, bool kMaster>
+template <class P, bool kHasMaster>
 __global__ void __launch_bounds__(kThreads)
     adam_table_kernel(const TensorRow* __restrict__ rows, int64_t n_rows, const __grid_constant__ AdamArgs args) {
-  AdamKernel<P, kMaster>::run(args, rows, n_rows);
+  AdamKernel<P, kHasMaster>::run(args, rows, n_rows);
 }
 
-template <class P, bool kMaster>
+template <class P, bool kHasMaster>
 __global__ void __launch_bounds__(kThreads)
     adam_param_kernel(const __grid_constant__ RowBatch batch, const __grid_constant__ AdamArgs args) {
-  AdamKernel<P, kMaster>::run(args, batch.rows, batch.n);
+  AdamKernel<P, kHasMaster>::run(args, batch.rows, batch.n);
 }
 
 // step += 1 in the counter's own dtype (like torch's `step_t += 1`), unless found_inf.
@@ -245,7 +246,7 @@ __global__ void steps_param_kernel(const __grid_constant__ RowBatch batch, const
   increment_steps(batch.rows, batch.n, args);
 }
 
-template <class P, bool kMaster>
+template <class P, bool kHasMaster>
 cudaError_t launch(const AdamArgs& args, const TensorRow* host_rows, const TensorRow* device_rows, int64_t n_rows,
                    int64_t n_chunks, cudaStream_t stream) {
   bool any_device_step = false;
@@ -257,7 +258,7 @@ cudaError_t launch(const AdamArgs& args, const TensorRow* host_rows, const Tenso
                                                                                                     args);
     }
     if (n_chunks > 0) {
-      adam_table_kernel<P, kMaster><<<static_cast<unsigned>(n_chunks), kThreads, 0, stream>>>(device_rows, n_rows, args);
+      adam_table_kernel<P, kHasMaster><<<static_cast<unsigned>(n_chunks), kThreads, 0, stream>>>(device_rows, n_rows, args);
     }
     return cudaGetLastError();
   }
@@ -268,7 +269,7 @@ cudaError_t launch(const AdamArgs& args, const TensorRow* host_rows, const Tenso
     std::memcpy(batch.rows, host_rows + first, sizeof(TensorRow) * batch.n);
     const int64_t chunks = number_chunks(batch.rows, batch.n);
     if (any_device_step) steps_param_kernel<<<1, kRowsPerParamLaunch, 0, stream>>>(batch, args);
-    if (chunks > 0) adam_param_kernel<P, kMaster><<<static_cast<unsigned>(chunks), kThreads, 0, stream>>>(batch, args);
+    if (chunks > 0) adam_param_kernel<P, kHasMaster><<<static_cast<unsigned>(chunks), kThreads, 0, stream>>>(batch, args);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

@@ -66,6 +66,7 @@ struct AdamArgs {
   bool step_f64;             // device step counters are float64 (else float32)
   bool lr_is_fp32_tensor;    // lr came from a float32 tensor (torch then computes the step size in float32)
   double lr, beta1, beta2, eps, weight_decay, ema_decay;
+  const double* lr_device;   // capturable lr: read on the device instead of `lr` (a replay sees its value), or nullptr
   uint64_t sr_seed;          // stochastic rounding Philox key
   const float* grad_scale;   // GradScaler: grads divided by it and written back unscaled, or nullptr
   const float* found_inf;    // GradScaler: nothing changes when *found_inf != 0, or nullptr
@@ -80,11 +81,13 @@ cudaError_t adam_step(const AdamArgs& args, const TensorRow* host_rows, const Te
                       int64_t n_chunks, cudaStream_t stream);
 
 // =====================================================================================
-// Reparameterization + Gaussian KL. Tensors are contiguous; mu and logvar are (rows, dim);
-// z is (num_samples, rows, dim); the prior, when present, is expanded to (rows, dim) by the glue.
-// Noise of z's flat element i per README "How the noise is defined", (seed, offset) read on the
-// device from seed_offset[0], seed_offset[1] (so a captured graph draws fresh noise on replay).
-// Per-row sums run in fp32 (fp64 for fp64) in a fixed order: deterministic, no atomics.
+// Reparameterization + Gaussian KL, the CUDA twin of csrc/cpu/reparam_kernels.h (same layout, same
+// results to float rounding). mu and logvar are contiguous (rows, dim); prior row r starts at
+// prior + r * row_stride (row_stride dim, or 0 for a prior shared by every row); z is
+// (num_samples, rows, dim). Noise of z's flat element i per README "How the noise is defined", with
+// (seed, offset) read on the device from seed_offset[0], seed_offset[1], so a captured graph reads
+// the values of its replay. Per-row sums run in fp32 (fp64 for fp64) in a fixed order: deterministic,
+// no atomics. Pointers not needed are nullptr.
 // =====================================================================================
 struct ReparamForwardArgs {
   Dtype dtype;
@@ -92,12 +95,12 @@ struct ReparamForwardArgs {
   const void* logvar;
   const void* prior_mu;      // nullptr: N(0, I)
   const void* prior_logvar;  // nullptr with prior_mu
-  const int64_t* seed_offset;
-  void* z;                   // (num_samples, rows, dim)
-  void* kl;                  // (rows,) or nullptr
-  void* kl_elem;             // (rows, dim) per-element KL (free bits needs it), or nullptr
+  int64_t prior_mu_row_stride, prior_logvar_row_stride;
+  const int64_t* seed_offset;  // device memory
+  void* z;                   // (num_samples, rows, dim); nullptr when num_samples == 0 (KL only)
+  void* kl;                  // (rows,)
   void* log_q;               // (num_samples, rows) or nullptr
-  void* log_p;               // (num_samples, rows) or nullptr
+  void* log_p;               // (num_samples, rows), with log_q
   int64_t rows, dim, num_samples;
 };
 
@@ -107,25 +110,24 @@ struct ReparamBackwardArgs {
   const void* logvar;
   const void* prior_mu;
   const void* prior_logvar;
+  int64_t prior_mu_row_stride, prior_logvar_row_stride;
   const int64_t* seed_offset;
-  const void* grad_z;        // (num_samples, rows, dim) or nullptr (zero)
-  const void* grad_kl;       // (rows,) or nullptr
-  const void* grad_kl_elem;  // (rows, dim) or nullptr
-  const void* grad_log_q;    // (num_samples, rows) or nullptr
-  const void* grad_log_p;    // (num_samples, rows) or nullptr
+  const void* grad_z;        // (num_samples, rows, dim); nullptr when num_samples == 0
+  const void* grad_kl;       // (rows,)
+  const void* grad_log_q;    // (num_samples, rows) or nullptr (zero)
+  const void* grad_log_p;    // (num_samples, rows) or nullptr (zero)
   void* grad_mu;             // (rows, dim)
   void* grad_logvar;         // (rows, dim)
-  void* grad_prior_mu;       // (rows, dim), or nullptr (no prior, or it needs no grad)
-  void* grad_prior_logvar;   // (rows, dim), or nullptr
+  void* grad_prior_mu;       // (rows, dim) when there is a prior (expanded to mu's shape), else nullptr
+  void* grad_prior_logvar;   // (rows, dim), with grad_prior_mu
   int64_t rows, dim, num_samples;
 };
 
 cudaError_t reparam_forward(const ReparamForwardArgs& args, cudaStream_t stream);
 cudaError_t reparam_backward(const ReparamBackwardArgs& args, cudaStream_t stream);
 
-// The noise alone, for tests and users who want it: out[i] = uniform (or standard normal) number i
-// of (seed, offset), i in [0, n), fp32.
-cudaError_t philox_uniform(float* out, int64_t n, const int64_t* seed_offset, cudaStream_t stream);
-cudaError_t philox_normal(float* out, int64_t n, const int64_t* seed_offset, cudaStream_t stream);
+// The noise alone (the CUDA twin of the philox_debug op, for tests): out[i] = uniform (kind 1) or
+// standard normal (kind 2) number i of (seed, offset) read from seed_offset on the device, i in [0, n).
+cudaError_t philox_noise(float* out, int64_t n, int kind, const int64_t* seed_offset, cudaStream_t stream);
 
 }  // namespace fused_kingma::cuda

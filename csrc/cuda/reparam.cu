@@ -1,273 +1,296 @@
-// Reparameterization + Gaussian KL on CUDA, forward and backward, noise regenerated from
-// (seed, offset) read on the device. Same csrc/math as the CPU kernel.
+// Reparameterization + Gaussian KL on CUDA, forward and backward: the CUDA twin of
+// csrc/cpu/reparam_kernels.cpp, running the same csrc/math code (philox.h, normal.h, gaussian.h).
+// The noise is regenerated from (seed, offset) read on the device, so a captured graph draws the noise
+// of the values its replay finds there.
 //
-// Forward: a group of kTPR threads (a warp, or the whole block for long rows) owns a row; it walks
-// the row in Philox blocks of 4 elements of z's flat index (one Philox call per 4 elements), and
-// sums KL / log q / log p over the row with a fixed shuffle tree: deterministic, no atomics.
-// Backward: elementwise over mu, looping over the samples, eps regenerated.
+// Forward: a group of kTPR threads (a warp, or the whole block for long rows) owns one (sample, row)
+// item, t = k * rows + r as on the CPU; it walks the row in Philox blocks of 4 elements of z's flat
+// index (one Philox call per 4 elements) and sums KL / log q / log p over the row with a fixed shuffle
+// tree: deterministic, no atomics. The KL of row r is computed with its first sample (or alone when
+// num_samples == 0).
+// Backward: a thread per 4 consecutive elements of mu, looping over the samples with the noise
+// regenerated; no reductions (the per-row sums over samples of grad_log_q are per element loops).
+// Rows of a multiple of 4 elements with aligned arrays use 16-byte loads and stores (fp64: two).
 #include "cuda/device_common.cuh"
 #include "cuda/launch.h"
-#include "cuda/math_bridge.cuh"
+#include "math/gaussian.h"
+#include "math/normal.h"
 #include "math/philox.h"
 
 namespace fused_kingma::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr unsigned kMaxGrid = 1u << 20;  // grid-stride beyond that
+constexpr int64_t kMaxGrid = int64_t{1} << 20;  // grid-stride beyond that
 
-template <class T> __device__ __forceinline__ T* at(void* p, int64_t i) { return static_cast<T*>(p) + i; }
-template <class T> __device__ __forceinline__ const T* at(const void* p, int64_t i) {
-  return static_cast<const T*>(p) + i;
+template <class T>
+__device__ __forceinline__ typename OpMath<T>::type load(const void* p, int64_t i) {
+  return static_cast<typename OpMath<T>::type>(to_float(static_cast<const T*>(p)[i]));
 }
 
-// Normal number q (0..3) of a Philox block: a compile-time index into the array (no local memory).
-__device__ __forceinline__ float pick4(const float (&n)[4], int q) {
-  float r = n[0];
+template <class T, class C>
+__device__ __forceinline__ void store(void* p, int64_t i, C x) {
+  static_cast<T*>(p)[i] = store_cast<T>(x);
+}
+
+template <class C, int kTPR>
+__device__ __forceinline__ C group_sum(C x, C* scratch) {
+  if constexpr (kTPR == 32) {
+    return warp_sum(x);
+  } else {
+    return block_sum<kTPR>(x, scratch);
+  }
+}
+
+// The (seed, offset) pair of the noise definition, read from device memory.
+struct NoiseKey {
+  uint64_t seed, offset;
+};
+
+__device__ __forceinline__ NoiseKey noise_key(const int64_t* seed_offset) {
+  return {static_cast<uint64_t>(seed_offset[0]), static_cast<uint64_t>(seed_offset[1])};
+}
+
+// KL(q || p) of one coordinate (p = N(0, 1) without a prior).
+template <bool kPrior, class C>
+__device__ __forceinline__ C kl_term(C m, C l, C pm, C plv) {
+  if constexpr (kPrior) {
+    return math::kl_normal(m, l, pm, plv);
+  } else {
+    return math::kl_std_normal(m, l);
+  }
+}
+
+// log p(z) of one coordinate without the -0.5 ln(2 pi) constant.
+template <bool kPrior, class C>
+__device__ __forceinline__ C log_p_term(C z, C pm, C plv) {
+  if constexpr (kPrior) {
+    return math::log_p_term(z, pm, plv);
+  } else {
+    return math::log_std_normal_term(z);
+  }
+}
+
+// Elements [i, i + 4) of an array of T, in compute type C: one vector load (16 bytes, fp64 two) when `vec`,
+// else element by element for q < count (the others repeat element i and are never stored).
+template <class T, class C>
+__device__ __forceinline__ void load4(const void* base, int64_t i, int count, bool vec, C (&out)[4]) {
+  const T* p = static_cast<const T*>(base) + i;
+  T v[4];
+  if (vec) {
+    load_vec(v, p);
+  } else {
 #pragma unroll
-  for (int t = 1; t < 4; ++t) r = q == t ? n[t] : r;
-  return r;
+    for (int q = 0; q < 4; ++q) v[q] = p[q < count ? q : 0];
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) out[q] = static_cast<C>(to_float(v[q]));
 }
 
-template <class C, int kTPR> __device__ __forceinline__ C group_sum(C x, C* scratch) {
-  if constexpr (kTPR == 32) return warp_sum(x);
-  else return block_sum<kTPR>(x, scratch);
+// Stores elements [i, i + count) from x: one vector store when `vec` (count == 4 then).
+template <class T, class C>
+__device__ __forceinline__ void store4(void* base, int64_t i, int count, bool vec, const C (&x)[4]) {
+  T* p = static_cast<T*>(base) + i;
+  T v[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) v[q] = store_cast<T>(x[q]);
+  if (vec) {
+    store_vec(p, v);
+  } else {
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (q < count) p[q] = v[q];
+  }
 }
 
-template <class T, int kTPR>
+template <class T, int kTPR, bool kPrior>
 __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_constant__ ReparamForwardArgs a) {
-  static_assert(kTPR == 32 || kTPR == kThreads, "a warp or the whole block per row");
+  static_assert(kTPR == 32 || kTPR == kThreads, "a warp or the whole block per item");
   using C = typename OpMath<T>::type;
-  constexpr int kRowsPerBlock = kThreads / kTPR;
+  constexpr int kItemsPerBlock = kThreads / kTPR;
   __shared__ C scratch[kThreads / 32];
 
-  const uint64_t seed = static_cast<uint64_t>(a.seed_offset[0]);
-  const uint64_t offset = static_cast<uint64_t>(a.seed_offset[1]);
-  const int64_t D = a.dim, N = a.rows * a.dim;
-  const bool std_prior = a.prior_mu == nullptr;
+  const NoiseKey key = noise_key(a.seed_offset);
+  const int64_t D = a.dim, R = a.rows, K = a.num_samples;
+  const bool sampling = K > 0, log_prob = a.log_q != nullptr;
+  const int64_t items = sampling ? K * R : R;
   const int lane = static_cast<int>(threadIdx.x) % kTPR;
-  // 16-byte (kVec-element) accesses when every row starts on a Philox block and pointers allow it.
-  const bool vec_ptrs = D % kVec == 0 && vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.z) &&
-                        vec_aligned<T>(a.prior_mu) && vec_aligned<T>(a.prior_logvar) && vec_aligned<T>(a.kl_elem);
+  const C log_norm = -static_cast<C>(math::kHalfLog2Pi) * static_cast<C>(D);
+  // Rows of a multiple of 4 elements start on a Philox block, so each block's 4 elements are 4 aligned
+  // elements of one row: vector loads and stores when the arrays are aligned too.
+  const bool vec = D % 4 == 0 && vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.z) &&
+                   vec_aligned<T>(a.prior_mu) && vec_aligned<T>(a.prior_logvar);
 
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kTPR; r < a.rows;
-       r += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
-    const T* mu = at<T>(a.mu, r * D);
-    const T* lv = at<T>(a.logvar, r * D);
-    const T* pmu = std_prior ? nullptr : at<T>(a.prior_mu, r * D);
-    const T* plv = std_prior ? nullptr : at<T>(a.prior_logvar, r * D);
-    C kl_acc = 0;
-    for (int64_t k = 0; k < a.num_samples; ++k) {
-      const bool first = k == 0;
-      C lq_acc = 0, lp_acc = 0;
-      const int64_t s = k * N + r * D;  // z's flat index of this row's first element
-      T* z = at<T>(a.z, s);
-      const int64_t g_first = s / 4, g_last = (s + D - 1) / 4;
-      for (int64_t g = g_first + lane; g <= g_last; g += kTPR) {
-        float n[4];
-        math::normals_from_bits(math::philox_block(seed, offset, static_cast<uint64_t>(g)), n);
-        const int64_t j0 = 4 * g - s;  // row position of the block's first number (may be < 0)
-        T m[kVec], l[kVec], pm[kVec], pl[kVec], zo[kVec], ke[kVec];
-        const bool vec = vec_ptrs && j0 >= 0 && j0 + kVec <= D;
-        if (vec) {
-          load_vec(m, mu + j0);
-          load_vec(l, lv + j0);
-          if (!std_prior) {
-            load_vec(pm, pmu + j0);
-            load_vec(pl, plv + j0);
+  // Every thread of a group sees the same t, so the group sums below are reached by all of them.
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kTPR; t < items;
+       t += static_cast<int64_t>(gridDim.x) * kItemsPerBlock) {
+    const int64_t r = sampling ? t % R : t;
+    const bool first = t < R;  // the KL of row r goes with its first sample
+    const int64_t row = r * D, prow_mu = r * a.prior_mu_row_stride, prow_lv = r * a.prior_logvar_row_stride;
+    C kl_acc = 0, lq_acc = 0, lp_acc = 0;
+    if (sampling) {
+      const int64_t s = t * D;  // z's flat index of this item's first element
+      for (int64_t g = s / 4 + lane; 4 * g < s + D; g += kTPR) {
+        float eps4[4];
+        math::normal4_from_bits(math::philox_block(key.seed, key.offset, static_cast<uint64_t>(g)), eps4);
+        const int64_t j0 = 4 * g - s;  // row position of the block's number q (may be < 0 or >= D: not this row's)
+        C m[4], l[4], pm[4] = {}, plv[4] = {}, z[4];
+        if (vec) {  // j0 .. j0 + 3 all in the row
+          load4<T>(a.mu, row + j0, 4, true, m);
+          load4<T>(a.logvar, row + j0, 4, true, l);
+          if constexpr (kPrior) {
+            load4<T>(a.prior_mu, prow_mu + j0, 4, true, pm);
+            load4<T>(a.prior_logvar, prow_lv + j0, 4, true, plv);
           }
         } else {
 #pragma unroll
-          for (int q = 0; q < kVec; ++q) {
+          for (int q = 0; q < 4; ++q) {  // compile-time q: the arrays stay in registers
             const int64_t j = j0 + q;
             if (j < 0 || j >= D) continue;
-            m[q] = mu[j];
-            l[q] = lv[j];
-            if (!std_prior) {
-              pm[q] = pmu[j];
-              pl[q] = plv[j];
+            m[q] = load<T>(a.mu, row + j);
+            l[q] = load<T>(a.logvar, row + j);
+            if constexpr (kPrior) {
+              pm[q] = load<T>(a.prior_mu, prow_mu + j);
+              plv[q] = load<T>(a.prior_logvar, prow_lv + j);
             }
           }
         }
 #pragma unroll
-        for (int q = 0; q < kVec; ++q) {
+        for (int q = 0; q < 4; ++q) {
           const int64_t j = j0 + q;
           if (j < 0 || j >= D) continue;
-          const C mq = static_cast<C>(to_float(m[q])), lq = static_cast<C>(to_float(l[q]));
-          const C pmq = std_prior ? C(0) : static_cast<C>(to_float(pm[q]));
-          const C plq = std_prior ? C(0) : static_cast<C>(to_float(pl[q]));
-          const C eps = static_cast<C>(n[q]);
-          const C zq = mq + exp(C(0.5) * lq) * eps;
-          zo[q] = store_cast<T>(zq);
-          if (first && (a.kl != nullptr || a.kl_elem != nullptr)) {
-            const C kq = math::kl_term<C>(mq, lq, pmq, plq, std_prior);
-            kl_acc += kq;
-            ke[q] = store_cast<T>(kq);
+          const C e = static_cast<C>(eps4[q]);
+          z[q] = math::reparam_sample(m[q], l[q], e);
+          if (first) kl_acc += kl_term<kPrior>(m[q], l[q], pm[q], plv[q]);
+          if (log_prob) {
+            lq_acc += math::log_q_term(e, l[q]);
+            lp_acc += log_p_term<kPrior>(z[q], pm[q], plv[q]);
           }
-          if (a.log_q != nullptr) lq_acc += math::log_q_term<C>(eps, lq);
-          if (a.log_p != nullptr) lp_acc += math::log_p_term<C>(zq, pmq, plq, std_prior);
         }
-        const bool kl_elem = first && a.kl_elem != nullptr;
         if (vec) {
-          store_vec(z + j0, zo);
-          if (kl_elem) store_vec(at<T>(a.kl_elem, r * D + j0), ke);
+          store4<T>(a.z, s + j0, 4, true, z);
         } else {
 #pragma unroll
-          for (int q = 0; q < kVec; ++q) {
+          for (int q = 0; q < 4; ++q) {
             const int64_t j = j0 + q;
-            if (j < 0 || j >= D) continue;
-            z[j] = zo[q];
-            if (kl_elem) *at<T>(a.kl_elem, r * D + j) = ke[q];
+            if (j >= 0 && j < D) store<T>(a.z, s + j, z[q]);
           }
         }
       }
-      if (a.log_q != nullptr) {
-        const C total = group_sum<C, kTPR>(lq_acc, scratch);
-        if (lane == 0) *at<T>(a.log_q, k * a.rows + r) = store_cast<T>(total);
-      }
-      if (a.log_p != nullptr) {
-        const C total = group_sum<C, kTPR>(lp_acc, scratch);
-        if (lane == 0) *at<T>(a.log_p, k * a.rows + r) = store_cast<T>(total);
+    } else {
+      for (int64_t j = lane; j < D; j += kTPR) {
+        const C m = load<T>(a.mu, row + j), l = load<T>(a.logvar, row + j);
+        const C pm = kPrior ? load<T>(a.prior_mu, prow_mu + j) : C(0);
+        const C plv = kPrior ? load<T>(a.prior_logvar, prow_lv + j) : C(0);
+        kl_acc += kl_term<kPrior>(m, l, pm, plv);
       }
     }
-    if (a.kl != nullptr) {
+    if (first) {
       const C total = group_sum<C, kTPR>(kl_acc, scratch);
-      if (lane == 0) *at<T>(a.kl, r) = store_cast<T>(total);
+      if (lane == 0) store<T>(a.kl, r, total);
+    }
+    if (sampling && log_prob) {
+      const C lq = group_sum<C, kTPR>(lq_acc, scratch);
+      const C lp = group_sum<C, kTPR>(lp_acc, scratch);
+      if (lane == 0) {
+        store<T>(a.log_q, t, lq + log_norm);
+        store<T>(a.log_p, t, lp + log_norm);
+      }
     }
   }
 }
 
-// grad_mu, grad_logvar for mu elements [i, i + 4): thread per 4 elements, samples in a loop.
-template <class T>
+// Gradients of mu's elements [4 u, 4 u + 4): the KL's, then each sample's through z and log p.
+template <class T, bool kPrior>
 __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid_constant__ ReparamBackwardArgs a) {
   using C = typename OpMath<T>::type;
-  const uint64_t seed = static_cast<uint64_t>(a.seed_offset[0]);
-  const uint64_t offset = static_cast<uint64_t>(a.seed_offset[1]);
-  const int64_t D = a.dim, N = a.rows * a.dim;
-  const bool std_prior = a.prior_mu == nullptr;
-  const bool need_row = a.grad_kl != nullptr || a.grad_log_q != nullptr || a.grad_log_p != nullptr;
-  const int64_t groups = (N + kVec - 1) / kVec;
-  const bool vec_ptrs = vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.prior_mu) &&
-                        vec_aligned<T>(a.prior_logvar) && vec_aligned<T>(a.grad_mu) && vec_aligned<T>(a.grad_logvar);
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; t < groups;
-       t += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int64_t i0 = t * kVec;
-    const int count = N - i0 < kVec ? static_cast<int>(N - i0) : kVec;
-    C m[kVec], l[kVec], sig[kVec], pm[kVec], pl[kVec], gm[kVec], gl[kVec], gpm[kVec], gpl[kVec];
-    const bool prior_grads = a.grad_prior_mu != nullptr;
-    int64_t row[kVec];
-    {
-      int64_t r = need_row ? i0 / D : 0, j = need_row ? i0 - r * D : 0;
-#pragma unroll
-      for (int q = 0; q < kVec; ++q) {
-        row[q] = r;
-        if (++j == D) {
-          j = 0;
-          ++r;
-        }
-      }
-    }
-    const bool vec = count == kVec && vec_ptrs;
-    T mv[kVec], lv[kVec], pmv[kVec], plv[kVec];
+  const NoiseKey key = noise_key(a.seed_offset);
+  const int64_t D = a.dim, R = a.rows, K = a.num_samples, N = R * D;
+  const int64_t units = (N + 3) / 4;
+  // Rows of a multiple of 4 elements: a unit's 4 elements are 4 aligned elements of one row and of each
+  // sample's z (N is a multiple of 4 too), so whole units load and store as vectors when aligned.
+  const bool vec_ok = D % 4 == 0 && vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.grad_z) &&
+                      vec_aligned<T>(a.prior_mu) && vec_aligned<T>(a.prior_logvar) &&
+                      vec_aligned<T>(a.grad_mu) && vec_aligned<T>(a.grad_logvar) &&
+                      vec_aligned<T>(a.grad_prior_mu) && vec_aligned<T>(a.grad_prior_logvar);
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; u < units;
+       u += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t i0 = 4 * u;
+    const int count = N - i0 < 4 ? static_cast<int>(N - i0) : 4;
+    const bool vec = vec_ok && count == 4;
+    int64_t row[4];
+    C m[4], l[4], pm[4] = {}, plv[4] = {}, sd[4], g_mu[4], g_lv[4], g_pm[4], g_plv[4];
+    load4<T>(a.mu, i0, count, vec, m);
+    load4<T>(a.logvar, i0, count, vec, l);
     if (vec) {
-      load_vec(mv, at<T>(a.mu, i0));
-      load_vec(lv, at<T>(a.logvar, i0));
-      if (!std_prior) {
-        load_vec(pmv, at<T>(a.prior_mu, i0));
-        load_vec(plv, at<T>(a.prior_logvar, i0));
+      const int64_t r = i0 / D, j = i0 - r * D;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) row[q] = r;
+      if constexpr (kPrior) {
+        load4<T>(a.prior_mu, r * a.prior_mu_row_stride + j, 4, true, pm);
+        load4<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j, 4, true, plv);
       }
     } else {
 #pragma unroll
-      for (int q = 0; q < kVec; ++q) {
-        const int64_t i = q < count ? i0 + q : i0;  // past the end: recompute element i0, never stored
-        mv[q] = *at<T>(a.mu, i);
-        lv[q] = *at<T>(a.logvar, i);
-        if (!std_prior) {
-          pmv[q] = *at<T>(a.prior_mu, i);
-          plv[q] = *at<T>(a.prior_logvar, i);
+      for (int q = 0; q < 4; ++q) {
+        const int64_t i = q < count ? i0 + q : i0;  // past the end: element i0 again, never stored
+        const int64_t r = i / D, j = i - r * D;
+        row[q] = r;
+        if constexpr (kPrior) {
+          pm[q] = load<T>(a.prior_mu, r * a.prior_mu_row_stride + j);
+          plv[q] = load<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j);
         }
       }
     }
 #pragma unroll
-    for (int q = 0; q < kVec; ++q) {
-      const int64_t i = q < count ? i0 + q : i0;
-      m[q] = static_cast<C>(to_float(mv[q]));
-      l[q] = static_cast<C>(to_float(lv[q]));
-      pm[q] = std_prior ? C(0) : static_cast<C>(to_float(pmv[q]));
-      pl[q] = std_prior ? C(0) : static_cast<C>(to_float(plv[q]));
-      sig[q] = exp(C(0.5) * l[q]);
-      gm[q] = 0;
-      gl[q] = 0;
-      gpm[q] = 0;
-      gpl[q] = 0;
-      C g_kl = 0;
-      if (a.grad_kl != nullptr) g_kl += static_cast<C>(to_float(*at<T>(a.grad_kl, row[q < count ? q : 0])));
-      if (a.grad_kl_elem != nullptr) g_kl += static_cast<C>(to_float(*at<T>(a.grad_kl_elem, i)));
-      if (a.grad_kl != nullptr || a.grad_kl_elem != nullptr) {
-        C d_mu, d_lv;
-        math::kl_term_grad<C>(m[q], l[q], pm[q], pl[q], std_prior, d_mu, d_lv);
-        gm[q] += g_kl * d_mu;
-        gl[q] += g_kl * d_lv;
-        if (prior_grads) {
-          C d_pm, d_plv;
-          math::kl_term_grad_prior<C>(m[q], l[q], pm[q], pl[q], d_pm, d_plv);
-          gpm[q] += g_kl * d_pm;
-          gpl[q] += g_kl * d_plv;
-        }
-      }
+    for (int q = 0; q < 4; ++q) {
+      const int64_t r = row[q];
+      sd[q] = math::gexp(C(0.5) * l[q]);
+      const C gk = load<T>(a.grad_kl, r);
+      const math::KlGrad<C> kg = math::kl_normal_grad(m[q], l[q], pm[q], plv[q]);
+      C lv_const = 0;  // d log_q / d lv = -1/2 per sample (log_q_term with eps fixed; mu cancels through z)
+      if (a.grad_log_q != nullptr)
+        for (int64_t k = 0; k < K; ++k) lv_const += C(-0.5) * load<T>(a.grad_log_q, k * R + r);
+      g_mu[q] = gk * kg.mu;
+      g_lv[q] = gk * kg.lv + lv_const;
+      g_pm[q] = gk * kg.mp;
+      g_plv[q] = gk * kg.lvp;
     }
-    for (int64_t k = 0; k < a.num_samples; ++k) {
+    for (int64_t k = 0; k < K; ++k) {
       const int64_t e0 = k * N + i0;  // z's flat index of element i0 in sample k
       const int shift = static_cast<int>(e0 % 4);
-      float n_lo[4], n_hi[4];
-      math::normals_from_bits(math::philox_block(seed, offset, static_cast<uint64_t>(e0 / 4)), n_lo);
-      if (shift != 0) math::normals_from_bits(math::philox_block(seed, offset, static_cast<uint64_t>(e0 / 4 + 1)), n_hi);
+      float lo[4], hi[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      math::normal4_from_bits(math::philox_block(key.seed, key.offset, static_cast<uint64_t>(e0 / 4)), lo);
+      if (shift + count > 4)
+        math::normal4_from_bits(math::philox_block(key.seed, key.offset, static_cast<uint64_t>(e0 / 4 + 1)), hi);
+      C gz[4];
+      load4<T>(a.grad_z, e0, count, vec, gz);
 #pragma unroll
-      for (int q = 0; q < kVec; ++q) {
+      for (int q = 0; q < 4; ++q) {
         if (q >= count) continue;
         const int pos = shift + q;
-        const C eps = static_cast<C>(pos < 4 ? pick4(n_lo, pos) : pick4(n_hi, pos - 4));
-        C gz = a.grad_z != nullptr ? static_cast<C>(to_float(*at<T>(a.grad_z, e0 + q))) : C(0);
+        float eps_f = lo[0];  // select with compile-time indices: the arrays stay in registers
+#pragma unroll
+        for (int w = 0; w < 8; ++w)
+          if (w == pos) eps_f = w < 4 ? lo[w & 3] : hi[w & 3];
+        const C e = static_cast<C>(eps_f);
+        C g = gz[q];
         if (a.grad_log_p != nullptr) {
-          const C zq = m[q] + sig[q] * eps;
-          const C h = static_cast<C>(to_float(*at<T>(a.grad_log_p, k * a.rows + row[q])));
-          gz += h * math::log_p_term_dz<C>(zq, pm[q], pl[q], std_prior);
-          if (prior_grads) {
-            C d_pm, d_plv;
-            math::log_p_term_grad_prior<C>(zq, pm[q], pl[q], d_pm, d_plv);
-            gpm[q] += h * d_pm;
-            gpl[q] += h * d_plv;
-          }
+          const C h = load<T>(a.grad_log_p, k * R + row[q]);
+          const math::LogPGrad<C> lg = math::log_p_term_grad(m[q] + sd[q] * e, pm[q], plv[q]);
+          g += h * lg.z;
+          g_pm[q] += h * lg.mp;
+          g_plv[q] += h * lg.lvp;
         }
-        gm[q] += gz;
-        gl[q] += gz * C(0.5) * sig[q] * eps;
-        if (a.grad_log_q != nullptr) gl[q] += C(-0.5) * static_cast<C>(to_float(*at<T>(a.grad_log_q, k * a.rows + row[q])));
+        g_mu[q] += g;  // z = mu + sd * eps: dz/dmu = 1, dz/dlv = sd * eps / 2
+        g_lv[q] += g * C(0.5) * sd[q] * e;
       }
     }
-    T out_mu[kVec], out_lv[kVec];
-#pragma unroll
-    for (int q = 0; q < kVec; ++q) {
-      out_mu[q] = store_cast<T>(gm[q]);
-      out_lv[q] = store_cast<T>(gl[q]);
-    }
-    if (vec) {
-      store_vec(at<T>(a.grad_mu, i0), out_mu);
-      store_vec(at<T>(a.grad_logvar, i0), out_lv);
-    } else {
-#pragma unroll
-      for (int q = 0; q < kVec; ++q) {
-        if (q >= count) continue;
-        *at<T>(a.grad_mu, i0 + q) = out_mu[q];
-        *at<T>(a.grad_logvar, i0 + q) = out_lv[q];
-      }
-    }
-    if (prior_grads) {
-#pragma unroll
-      for (int q = 0; q < kVec; ++q) {
-        if (q >= count) continue;
-        *at<T>(a.grad_prior_mu, i0 + q) = store_cast<T>(gpm[q]);
-        *at<T>(a.grad_prior_logvar, i0 + q) = store_cast<T>(gpl[q]);
-      }
+    store4<T>(a.grad_mu, i0, count, vec, g_mu);
+    store4<T>(a.grad_logvar, i0, count, vec, g_lv);
+    if constexpr (kPrior) {
+      store4<T>(a.grad_prior_mu, i0, count, vec, g_pm);
+      store4<T>(a.grad_prior_logvar, i0, count, vec, g_plv);
     }
   }
 }
@@ -277,44 +300,51 @@ unsigned grid_for(int64_t work_items, int64_t per_block) {
   return static_cast<unsigned>(g < kMaxGrid ? g : kMaxGrid);
 }
 
-template <class T>
+template <class T, bool kPrior>
 cudaError_t forward(const ReparamForwardArgs& a, cudaStream_t stream) {
+  const int64_t items = a.num_samples > 0 ? a.num_samples * a.rows : a.rows;
   if (a.dim >= 1024) {
-    reparam_forward_kernel<T, kThreads><<<grid_for(a.rows, 1), kThreads, 0, stream>>>(a);
+    reparam_forward_kernel<T, kThreads, kPrior><<<grid_for(items, 1), kThreads, 0, stream>>>(a);
   } else {
-    reparam_forward_kernel<T, 32><<<grid_for(a.rows, kThreads / 32), kThreads, 0, stream>>>(a);
+    reparam_forward_kernel<T, 32, kPrior><<<grid_for(items, kThreads / 32), kThreads, 0, stream>>>(a);
   }
   return cudaGetLastError();
 }
 
-template <class T>
+template <class T, bool kPrior>
 cudaError_t backward(const ReparamBackwardArgs& a, cudaStream_t stream) {
-  reparam_backward_kernel<T><<<grid_for((a.rows * a.dim + kVec - 1) / kVec, kThreads), kThreads, 0, stream>>>(a);
+  const int64_t units = (a.rows * a.dim + 3) / 4;
+  reparam_backward_kernel<T, kPrior><<<grid_for(units, kThreads), kThreads, 0, stream>>>(a);
   return cudaGetLastError();
+}
+
+template <class Args, class Fn>
+cudaError_t with_dtype(const Args& a, Fn&& fn) {
+  switch (a.dtype) {
+    case Dtype::f32: return fn(float{});
+    case Dtype::f64: return fn(double{});
+    case Dtype::f16: return fn(__half{});
+    case Dtype::bf16: return fn(__nv_bfloat16{});
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
 cudaError_t reparam_forward(const ReparamForwardArgs& a, cudaStream_t stream) {
-  if (a.rows <= 0 || a.dim <= 0 || a.num_samples <= 0) return cudaSuccess;
-  switch (a.dtype) {
-    case Dtype::f32: return forward<float>(a, stream);
-    case Dtype::f64: return forward<double>(a, stream);
-    case Dtype::f16: return forward<__half>(a, stream);
-    case Dtype::bf16: return forward<__nv_bfloat16>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  if (a.rows <= 0) return cudaSuccess;
+  return with_dtype(a, [&](auto tag) {
+    using T = decltype(tag);
+    return a.prior_mu != nullptr ? forward<T, true>(a, stream) : forward<T, false>(a, stream);
+  });
 }
 
 cudaError_t reparam_backward(const ReparamBackwardArgs& a, cudaStream_t stream) {
   if (a.rows <= 0 || a.dim <= 0) return cudaSuccess;
-  switch (a.dtype) {
-    case Dtype::f32: return backward<float>(a, stream);
-    case Dtype::f64: return backward<double>(a, stream);
-    case Dtype::f16: return backward<__half>(a, stream);
-    case Dtype::bf16: return backward<__nv_bfloat16>(a, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_dtype(a, [&](auto tag) {
+    using T = decltype(tag);
+    return a.prior_mu != nullptr ? backward<T, true>(a, stream) : backward<T, false>(a, stream);
+  });
 }
 
 }  // namespace fused_kingma::cuda

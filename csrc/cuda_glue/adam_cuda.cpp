@@ -31,11 +31,14 @@ std::optional<at::Tensor> scalar_on_device(const std::optional<at::Tensor>& t, c
   return t->to(device, at::kFloat, /*non_blocking=*/false, /*copy=*/false);
 }
 
-void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+// The step; `lr_tensor`, when defined, is a 1-element tensor on the params' device whose value the
+// kernel reads (capturable: lr changed in place between replays is seen); `lr` is then unused.
+void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
                     at::TensorList second_moments, at::TensorList max_second_moments, at::TensorList steps,
-                    at::TensorList master_params, at::TensorList emas, c10::string_view rule, double lr, double beta1,
-                    double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
-                    bool maximize, double ema_decay, bool stochastic_rounding, int64_t seed, bool lr_is_fp32_tensor,
+                    at::TensorList master_params, at::TensorList emas, c10::string_view rule, double lr,
+                    const at::Tensor& lr_tensor, double beta1, double beta2, double eps, double weight_decay,
+                    bool decoupled_weight_decay, bool amsgrad, bool maximize, double ema_decay,
+                    bool stochastic_rounding, int64_t seed, bool lr_is_fp32_tensor,
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                     bool check_only) {
   const size_t n = params.size();
@@ -92,6 +95,13 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
                                   : std::string("None"));
     any_host_step |= s.device().is_cpu();
   }
+  if (lr_tensor.defined()) {
+    TORCH_CHECK_VALUE(lr_tensor.numel() == 1 && lr_tensor.device() == device && lr_tensor.is_floating_point() &&
+                          !lr_tensor.is_complex(),
+                      "lr must be a 1-element floating-point tensor on ", device, ", got shape ",
+                      shape_str(lr_tensor.sizes()), " ", dtype_str(lr_tensor.scalar_type()), " on ",
+                      lr_tensor.device());
+  }
   if (check_only) return;
 
   const c10::cuda::CUDAGuard guard(device);
@@ -102,6 +112,8 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
     if (found_inf->item<double>() != 0.0) return;  // GradScaler found inf/NaN: skip the step
   }
   const std::optional<at::Tensor> scale_dev = scalar_on_device(grad_scale, device);
+  // float64 copy made on the device (a captured kernel, so each replay reads lr's value then).
+  const at::Tensor lr_dev = lr_tensor.defined() ? lr_tensor.reshape({}).to(at::kDouble) : at::Tensor();
   const std::optional<at::Tensor> inf_dev =
       found_inf.has_value() && found_inf->device() == device ? scalar_on_device(found_inf, device) : std::nullopt;
 
@@ -113,6 +125,7 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   base.l2 = !decoupled && weight_decay != 0.0;
   base.ema = ema;
   base.lr = lr;
+  base.lr_device = lr_dev.defined() ? lr_dev.data_ptr<double>() : nullptr;
   base.beta1 = beta1;
   base.beta2 = beta2;
   base.eps = eps;
@@ -187,8 +200,47 @@ void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   staging.finish();
 }
 
+void adam_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                    at::TensorList second_moments, at::TensorList max_second_moments, at::TensorList steps,
+                    at::TensorList master_params, at::TensorList emas, c10::string_view rule, double lr, double beta1,
+                    double beta2, double eps, double weight_decay, bool decoupled_weight_decay, bool amsgrad,
+                    bool maximize, double ema_decay, bool stochastic_rounding, int64_t seed, bool lr_is_fp32_tensor,
+                    const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
+                    bool check_only) {
+  adam_step_impl(params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas, rule, lr,
+                 at::Tensor(), beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, ema_decay,
+                 stochastic_rounding, seed, lr_is_fp32_tensor, grad_scale, found_inf, check_only);
+}
+
+void adam_step_lr_tensor_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                              at::TensorList second_moments, at::TensorList max_second_moments, at::TensorList steps,
+                              at::TensorList master_params, at::TensorList emas, c10::string_view rule,
+                              const at::Tensor& lr, double beta1, double beta2, double eps, double weight_decay,
+                              bool decoupled_weight_decay, bool amsgrad, bool maximize, double ema_decay,
+                              bool stochastic_rounding, int64_t seed, const std::optional<at::Tensor>& grad_scale,
+                              const std::optional<at::Tensor>& found_inf, bool check_only) {
+  // The host checks see lr = 0 (its value is on the device: reading it would sync, which a capture forbids).
+  adam_step_impl(params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas, rule, 0.0,
+                 lr, beta1, beta2, eps, weight_decay, decoupled_weight_decay, amsgrad, maximize, ema_decay,
+                 stochastic_rounding, seed, lr.scalar_type() == at::kFloat, grad_scale, found_inf, check_only);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_kingma, CUDA, m) { m.impl("adam_step_", &adam_step_cuda); }
+// Capturable Adam with lr a tensor on the GPU (torch's capturable=True with a tensor lr). CUDA builds
+// only, so declared here rather than in csrc/ops.cpp; adam_step_'s schema with `Tensor lr`.
+TORCH_LIBRARY_FRAGMENT(fused_kingma, m) {
+  m.def(
+      "adam_step_lr_tensor_(Tensor(a!)[] params, Tensor(b!)[] grads, Tensor(c!)[] exp_avgs, "
+      "Tensor(d!)[] second_moments, Tensor(e!)[] max_second_moments, Tensor(f!)[] steps, Tensor(g!)[] master_params, "
+      "Tensor(h!)[] emas, *, str rule, Tensor lr, float beta1, float beta2, float eps, float weight_decay, "
+      "bool decoupled_weight_decay, bool amsgrad, bool maximize, float ema_decay, bool stochastic_rounding, int seed, "
+      "Tensor? grad_scale, Tensor? found_inf, bool check_only) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(fused_kingma, CUDA, m) {
+  m.impl("adam_step_", &adam_step_cuda);
+  m.impl("adam_step_lr_tensor_", &adam_step_lr_tensor_cuda);
+}
 
 }  // namespace fused_kingma::cuda_glue

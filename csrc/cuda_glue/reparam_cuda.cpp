@@ -1,7 +1,10 @@
-// CUDA kernels of the reparameterization ops (schemas in csrc/ops.cpp; CPU twin
-// csrc/cpu/reparam_cpu.cpp): checks, layout (rows x dim, contiguous; a broadcast prior expanded
-// to mu's shape), (seed, offset) as a 2-element int64 tensor on the GPU (a captured graph reads it
-// at replay, so the Python side can advance it without re-capturing), then csrc/cuda/reparam.cu.
+// CUDA kernels of the reparameterization ops (schemas in csrc/ops.cpp), with the semantics of the CPU
+// twin csrc/cpu/reparam_cpu.cpp: the same output shapes (num_samples 0 / 1 / K), a prior shared by
+// every row read in place with row stride 0 (any other broadcast expanded), the prior's gradients
+// expanded to mu's shape. (seed, offset) stay on the GPU: the kernels read them from seed_offset,
+// which fused_kingma draws there with a torch RNG op, so nothing here syncs with the host and a
+// captured graph draws fresh noise on each replay. A seed_offset on the CPU (explicit seeds for a
+// CUDA mu) is copied over, which is not capturable.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -17,195 +20,187 @@
 namespace fused_kingma::cuda_glue {
 namespace {
 
-void check_float(const at::Tensor& t, const char* name) {
-  const auto dt = t.scalar_type();
-  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16, name,
-                   " must be float32, float64, float16 or bfloat16, got ", dtype_str(dt));
+void check_like_mu(const at::Tensor& t, const at::Tensor& mu, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == mu.scalar_type(), name, " must have mu's dtype ", dtype_str(mu.scalar_type()),
+                   ", got ", dtype_str(t.scalar_type()));
+  TORCH_CHECK(t.device() == mu.device(), name, " must be on mu's device ", mu.device(), ", got ", t.device());
 }
 
-void check_on(const at::Tensor& t, const at::Tensor& mu, const char* name) {
-  TORCH_CHECK(t.device() == mu.device(), name, " is on ", t.device(), " but mu is on ", mu.device());
+// (seed, offset) as a contiguous int64[2] on mu's device.
+at::Tensor seed_offset_on(const at::Tensor& so, const at::Tensor& mu) {
+  TORCH_CHECK_VALUE(so.scalar_type() == at::kLong && so.numel() == 2,
+                    "seed_offset must be an int64 tensor of 2 elements (seed, offset), got shape ",
+                    shape_str(so.sizes()), " ", dtype_str(so.scalar_type()));
+  TORCH_CHECK(so.device().is_cpu() || so.device() == mu.device(), "seed_offset must be on mu's device ", mu.device(),
+              " or the CPU, got ", so.device());
+  return so.to(mu.device()).contiguous();
 }
 
-void check_same(const at::Tensor& t, const at::Tensor& mu, const char* name) {
-  check_on(t, mu, name);
-  TORCH_CHECK_TYPE(t.scalar_type() == mu.scalar_type(), name, " has dtype ", dtype_str(t.scalar_type()),
-                   " but mu has ", dtype_str(mu.scalar_type()));
-}
-
-// (seed, offset) as int64[2] on mu's device.
-at::Tensor seed_offset_on(const at::Tensor& seed_offset, const at::Tensor& mu) {
-  TORCH_CHECK_VALUE(seed_offset.numel() == 2 && seed_offset.scalar_type() == at::kLong,
-                    "seed_offset must hold 2 int64 values (seed, offset), got shape ", shape_str(seed_offset.sizes()),
-                    " ", dtype_str(seed_offset.scalar_type()));
-  TORCH_CHECK(seed_offset.device().is_cpu() || seed_offset.device() == mu.device(), "seed_offset is on ",
-              seed_offset.device(), " but mu is on ", mu.device());
-  return seed_offset.to(mu.device(), /*non_blocking=*/false, /*copy=*/false).contiguous();
-}
-
-// A prior given as broadcastable to mu: expanded and made dense, so the kernel indexes it like mu.
-at::Tensor prior_like(const std::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
-  check_same(*p, mu, name);
-  TORCH_CHECK_VALUE(p->dim() <= mu.dim(), name, " of shape ", shape_str(p->sizes()),
-                    " does not broadcast to mu's shape ", shape_str(mu.sizes()));
-  for (int64_t d = 1; d <= p->dim(); ++d) {
-    const int64_t ps = p->size(-d), ms = mu.size(-d);
-    TORCH_CHECK_VALUE(ps == ms || ps == 1, name, " of shape ", shape_str(p->sizes()),
-                      " does not broadcast to mu's shape ", shape_str(mu.sizes()));
-  }
-  return p->expand(mu.sizes()).contiguous();
-}
-
-struct Layout {
-  int64_t rows, dim;
+// The prior as rows read through a row stride, as the CPU glue does: shared by every row (shape (D,) or
+// (1, ..., 1, D)) -> read in place with stride 0; otherwise expanded to mu's shape and made contiguous.
+struct PriorRows {
+  at::Tensor rows;
+  int64_t row_stride = 0;
 };
 
-Layout layout_of(const at::Tensor& mu) {
-  TORCH_CHECK_VALUE(mu.dim() >= 1, "mu must have at least one dimension (the latent dimension), got a scalar");
-  const int64_t dim = mu.size(-1);
-  return {dim == 0 ? 0 : mu.numel() / dim, dim};
+PriorRows prior_rows(const std::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
+  check_like_mu(*p, mu, name);
+  const at::Tensor e = p->expand(mu.sizes());
+  const int64_t D = mu.size(-1);
+  bool shared = true;
+  for (int64_t d = 0; d + 1 < e.dim(); ++d) shared = shared && (e.stride(d) == 0 || e.size(d) == 1);
+  if (shared && (e.stride(-1) == 1 || D <= 1)) return {e, 0};
+  return {e.contiguous(), D};
+}
+
+std::vector<int64_t> with_samples(at::IntArrayRef shape, int64_t K) {
+  std::vector<int64_t> s(shape.begin(), shape.end());
+  if (K > 1) s.insert(s.begin(), K);
+  return s;
+}
+
+void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr; }
+
+cudaStream_t current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
+    const at::Tensor& mu_in, const at::Tensor& lv_in, const std::optional<at::Tensor>& prior_mu,
+    const std::optional<at::Tensor>& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
+    bool with_log_prob) {
+  TORCH_CHECK(mu_in.dim() >= 1, "mu must have at least one dimension");
+  TORCH_CHECK(mu_in.sizes() == lv_in.sizes(), "logvar must have mu's shape");
+  TORCH_CHECK(num_samples >= 0, "num_samples must be >= 0");
+  TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "prior needs both mean and logvar");
+  check_like_mu(lv_in, mu_in, "logvar");
+  const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
+  const c10::cuda::CUDAGuard guard(mu_in.device());
+  const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
+  const bool has_prior = prior_mu.has_value();
+  PriorRows mp, lvp;
+  if (has_prior) {
+    mp = prior_rows(prior_mu, mu, "prior mean");
+    lvp = prior_rows(prior_logvar, mu, "prior logvar");
+  }
+  const at::Tensor so = seed_offset_on(seed_offset, mu);
+  const auto batch = mu.sizes().slice(0, mu.dim() - 1);
+  const int64_t K = num_samples;
+  const bool log_prob = with_log_prob && K > 0;
+  at::Tensor z = K > 0 ? at::empty(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor kl = at::empty(batch, mu.options());
+  at::Tensor lq = log_prob ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor lp = log_prob ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
+
+  cuda::ReparamForwardArgs a{};
+  a.dtype = dtype;
+  a.mu = mu.data_ptr();
+  a.logvar = lv.data_ptr();
+  a.prior_mu = has_prior ? mp.rows.data_ptr() : nullptr;
+  a.prior_logvar = has_prior ? lvp.rows.data_ptr() : nullptr;
+  a.prior_mu_row_stride = mp.row_stride;
+  a.prior_logvar_row_stride = lvp.row_stride;
+  a.seed_offset = so.data_ptr<int64_t>();
+  a.z = ptr_or_null(z);
+  a.kl = ptr_or_null(kl);
+  a.log_q = log_prob ? ptr_or_null(lq) : nullptr;
+  a.log_p = log_prob ? ptr_or_null(lp) : nullptr;
+  a.rows = c10::multiply_integers(batch);
+  a.dim = mu.size(-1);
+  a.num_samples = K;
+  check_launch(cuda::reparam_forward(a, current_stream(mu)), "reparam_fwd");
+  return {z, kl, lq, lp};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
+    const std::optional<at::Tensor>& grad_z, const at::Tensor& grad_kl, const std::optional<at::Tensor>& grad_log_q,
+    const std::optional<at::Tensor>& grad_log_p, const at::Tensor& mu_in, const at::Tensor& lv_in,
+    const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
+    const at::Tensor& seed_offset, int64_t num_samples) {
+  TORCH_CHECK(mu_in.dim() >= 1 && mu_in.sizes() == lv_in.sizes(), "reparam_bwd: mu/logvar shapes");
+  TORCH_CHECK(num_samples >= 0, "reparam_bwd: num_samples must be >= 0");
+  TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "reparam_bwd: prior needs both mean and logvar");
+  check_like_mu(lv_in, mu_in, "logvar");
+  const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
+  const c10::cuda::CUDAGuard guard(mu_in.device());
+  const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
+  const bool has_prior = prior_mu.has_value();
+  PriorRows mp, lvp;
+  if (has_prior) {
+    mp = prior_rows(prior_mu, mu, "prior mean");
+    lvp = prior_rows(prior_logvar, mu, "prior logvar");
+  }
+  const int64_t K = num_samples;
+  const auto batch = mu.sizes().slice(0, mu.dim() - 1);
+  // Output grads as dense tensors of mu's dtype on mu's device (conversions are device kernels).
+  const auto dense = [&](const at::Tensor& g, const char* name) {
+    TORCH_CHECK(g.device() == mu.device(), "reparam_bwd: ", name, " must be on mu's device ", mu.device(), ", got ",
+                g.device());
+    return g.to(mu.scalar_type()).contiguous();
+  };
+  TORCH_CHECK(K == 0 || grad_z.has_value(), "reparam_bwd: grad_z is required when sampling");
+  const at::Tensor gz = K > 0 ? dense(*grad_z, "grad_z") : at::Tensor();
+  TORCH_CHECK(K == 0 || gz.numel() == K * mu.numel(), "reparam_bwd: grad_z has the wrong size");
+  const at::Tensor gkl = dense(grad_kl, "grad_kl").expand(batch).contiguous();
+  at::Tensor glq, glp;
+  if (grad_log_q.has_value() && K > 0) glq = dense(*grad_log_q, "grad_log_q");
+  if (grad_log_p.has_value() && K > 0) glp = dense(*grad_log_p, "grad_log_p");
+  TORCH_CHECK(!glq.defined() || glq.numel() == K * gkl.numel(), "reparam_bwd: grad_log_q has the wrong size");
+  TORCH_CHECK(!glp.defined() || glp.numel() == K * gkl.numel(), "reparam_bwd: grad_log_p has the wrong size");
+  at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
+  at::Tensor gmp = has_prior ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor glvp = has_prior ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  const at::Tensor so = seed_offset_on(seed_offset, mu);
+
+  cuda::ReparamBackwardArgs a{};
+  a.dtype = dtype;
+  a.mu = mu.data_ptr();
+  a.logvar = lv.data_ptr();
+  a.prior_mu = has_prior ? mp.rows.data_ptr() : nullptr;
+  a.prior_logvar = has_prior ? lvp.rows.data_ptr() : nullptr;
+  a.prior_mu_row_stride = mp.row_stride;
+  a.prior_logvar_row_stride = lvp.row_stride;
+  a.seed_offset = so.data_ptr<int64_t>();
+  a.grad_z = K > 0 ? ptr_or_null(gz) : nullptr;
+  a.grad_kl = ptr_or_null(gkl);
+  a.grad_log_q = glq.defined() ? ptr_or_null(glq) : nullptr;
+  a.grad_log_p = glp.defined() ? ptr_or_null(glp) : nullptr;
+  a.grad_mu = ptr_or_null(gmu);
+  a.grad_logvar = ptr_or_null(glv);
+  a.grad_prior_mu = has_prior ? ptr_or_null(gmp) : nullptr;
+  a.grad_prior_logvar = has_prior ? ptr_or_null(glvp) : nullptr;
+  a.rows = c10::multiply_integers(batch);
+  a.dim = mu.size(-1);
+  a.num_samples = K;
+  check_launch(cuda::reparam_backward(a, current_stream(mu)), "reparam_bwd");
+  return {gmu, glv, gmp, glvp};
+}
+
+// The CUDA twin of philox_debug for tests: uniforms (kind 1) or normals (kind 2) 0 .. n - 1 of the
+// (seed, offset) held in the int64[2] CUDA tensor seed_offset.
+at::Tensor philox_debug_cuda(const at::Tensor& seed_offset, int64_t n, int64_t kind) {
+  TORCH_CHECK(seed_offset.is_cuda(), "philox_debug_cuda: seed_offset must be a CUDA tensor, got ",
+              seed_offset.device());
+  TORCH_CHECK_VALUE(n >= 0 && (kind == 1 || kind == 2), "philox_debug_cuda: n >= 0 and kind 1 (uniforms) or 2 "
+                    "(normals), got n=", n, ", kind=", kind);
+  const c10::cuda::CUDAGuard guard(seed_offset.device());
+  const at::Tensor so = seed_offset_on(seed_offset, seed_offset);
+  at::Tensor out = at::empty({n}, so.options().dtype(at::kFloat));
+  check_launch(cuda::philox_noise(out.data_ptr<float>(), n, static_cast<int>(kind), so.data_ptr<int64_t>(),
+                                  current_stream(so)),
+               "philox_debug_cuda");
+  return out;
 }
 
 }  // namespace
 
-// Forward: z (num_samples, *mu.shape), kl (mu.shape[:-1]), per-element KL (mu.shape) when
-// `kl_elementwise`, and log q / log p of the samples (num_samples, *mu.shape[:-1]) when `log_probs`.
-// Undefined tensors for outputs not asked for.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_forward_cuda(
-    const at::Tensor& mu_in, const at::Tensor& logvar_in, const std::optional<at::Tensor>& prior_mu,
-    const std::optional<at::Tensor>& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
-    bool kl_elementwise, bool log_probs) {
-  TORCH_CHECK(mu_in.is_cuda(), "mu is on ", mu_in.device(), "; this is the CUDA kernel");
-  check_float(mu_in, "mu");
-  check_same(logvar_in, mu_in, "logvar");
-  TORCH_CHECK_VALUE(logvar_in.sizes() == mu_in.sizes(), "logvar has shape ", shape_str(logvar_in.sizes()),
-                    " but mu has shape ", shape_str(mu_in.sizes()));
-  TORCH_CHECK_VALUE(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
-  TORCH_CHECK_VALUE(prior_mu.has_value() == prior_logvar.has_value(),
-                    "prior must give both a mean and a log-variance");
-  const Layout lay = layout_of(mu_in);
-  const at::Tensor so = seed_offset_on(seed_offset, mu_in);
-  at::Tensor pm, plv;
-  if (prior_mu.has_value()) {
-    pm = prior_like(prior_mu, mu_in, "prior mean");
-    plv = prior_like(prior_logvar, mu_in, "prior log-variance");
-  }
-  const c10::cuda::CUDAGuard guard(mu_in.device());
-  const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
-
-  std::vector<int64_t> z_shape{num_samples};
-  z_shape.insert(z_shape.end(), mu.sizes().begin(), mu.sizes().end());
-  const std::vector<int64_t> row_shape(mu.sizes().begin(), mu.sizes().end() - 1);
-  std::vector<int64_t> sample_row_shape{num_samples};
-  sample_row_shape.insert(sample_row_shape.end(), row_shape.begin(), row_shape.end());
-
-  at::Tensor z = at::empty(z_shape, mu.options());
-  at::Tensor kl = at::empty(row_shape, mu.options());
-  at::Tensor kl_elem = kl_elementwise ? at::empty_like(mu) : at::Tensor();
-  at::Tensor log_q = log_probs ? at::empty(sample_row_shape, mu.options()) : at::Tensor();
-  at::Tensor log_p = log_probs ? at::empty(sample_row_shape, mu.options()) : at::Tensor();
-  if (lay.dim == 0) {  // an empty latent dimension: the sums are 0
-    kl.zero_();
-    if (log_probs) {
-      log_q.zero_();
-      log_p.zero_();
-    }
-  }
-
-  cuda::ReparamForwardArgs a{};
-  a.dtype = kernel_dtype(mu.scalar_type());
-  a.mu = mu.data_ptr();
-  a.logvar = logvar.data_ptr();
-  a.prior_mu = pm.defined() ? pm.data_ptr() : nullptr;
-  a.prior_logvar = plv.defined() ? plv.data_ptr() : nullptr;
-  a.seed_offset = so.data_ptr<int64_t>();
-  a.z = z.data_ptr();
-  a.kl = kl.data_ptr();
-  a.kl_elem = kl_elem.defined() ? kl_elem.data_ptr() : nullptr;
-  a.log_q = log_probs ? log_q.data_ptr() : nullptr;
-  a.log_p = log_probs ? log_p.data_ptr() : nullptr;
-  a.rows = lay.rows;
-  a.dim = lay.dim;
-  a.num_samples = num_samples;
-  check_launch(cuda::reparam_forward(a, c10::cuda::getCurrentCUDAStream().stream()), "reparam forward");
-  return {z, kl, kl_elem, log_q, log_p};
+// A CUDA-build-only test helper, so it is declared here rather than in csrc/ops.cpp.
+TORCH_LIBRARY_FRAGMENT(fused_kingma, m) {
+  m.def("philox_debug_cuda(Tensor seed_offset, int n, int kind) -> Tensor");
 }
 
-// Backward: grads of mu and logvar (and of the prior's mean / log-variance, summed back to their
-// own shapes, when `prior_grads`), from whichever output grads are defined.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_backward_cuda(
-    const std::optional<at::Tensor>& grad_z, const std::optional<at::Tensor>& grad_kl,
-    const std::optional<at::Tensor>& grad_kl_elem, const std::optional<at::Tensor>& grad_log_q,
-    const std::optional<at::Tensor>& grad_log_p, const at::Tensor& mu_in, const at::Tensor& logvar_in,
-    const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
-    const at::Tensor& seed_offset, int64_t num_samples, bool prior_grads) {
-  TORCH_CHECK(mu_in.is_cuda(), "mu is on ", mu_in.device(), "; this is the CUDA kernel");
-  check_float(mu_in, "mu");
-  check_same(logvar_in, mu_in, "logvar");
-  TORCH_CHECK_VALUE(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
-  const Layout lay = layout_of(mu_in);
-  const at::Tensor so = seed_offset_on(seed_offset, mu_in);
-  at::Tensor pm, plv;
-  if (prior_mu.has_value()) {
-    pm = prior_like(prior_mu, mu_in, "prior mean");
-    plv = prior_like(prior_logvar, mu_in, "prior log-variance");
-  }
-  const c10::cuda::CUDAGuard guard(mu_in.device());
-  const at::Tensor mu = mu_in.contiguous(), logvar = logvar_in.contiguous();
-  auto dense = [&](const std::optional<at::Tensor>& g, const char* name) -> at::Tensor {
-    if (!g.has_value() || !g->defined()) return at::Tensor();
-    check_same(*g, mu, name);
-    return g->contiguous();
-  };
-  const at::Tensor gz = dense(grad_z, "grad of z"), gkl = dense(grad_kl, "grad of kl");
-  const at::Tensor gke = dense(grad_kl_elem, "grad of the elementwise kl");
-  const at::Tensor glq = dense(grad_log_q, "grad of log_q"), glp = dense(grad_log_p, "grad of log_p");
-  TORCH_CHECK_VALUE(!gz.defined() || gz.numel() == num_samples * mu.numel(), "grad of z has ", gz.numel(),
-                    " elements, expected ", num_samples * mu.numel());
-
-  at::Tensor grad_mu = at::empty_like(mu), grad_logvar = at::empty_like(mu);
-  const bool want_prior = prior_grads && pm.defined();
-  at::Tensor grad_pm = want_prior ? at::empty_like(mu) : at::Tensor();
-  at::Tensor grad_plv = want_prior ? at::empty_like(mu) : at::Tensor();
-  cuda::ReparamBackwardArgs a{};
-  a.dtype = kernel_dtype(mu.scalar_type());
-  a.mu = mu.data_ptr();
-  a.logvar = logvar.data_ptr();
-  a.prior_mu = pm.defined() ? pm.data_ptr() : nullptr;
-  a.prior_logvar = plv.defined() ? plv.data_ptr() : nullptr;
-  a.seed_offset = so.data_ptr<int64_t>();
-  a.grad_z = gz.defined() ? gz.data_ptr() : nullptr;
-  a.grad_kl = gkl.defined() ? gkl.data_ptr() : nullptr;
-  a.grad_kl_elem = gke.defined() ? gke.data_ptr() : nullptr;
-  a.grad_log_q = glq.defined() ? glq.data_ptr() : nullptr;
-  a.grad_log_p = glp.defined() ? glp.data_ptr() : nullptr;
-  a.grad_mu = grad_mu.data_ptr();
-  a.grad_logvar = grad_logvar.data_ptr();
-  a.grad_prior_mu = want_prior ? grad_pm.data_ptr() : nullptr;
-  a.grad_prior_logvar = want_prior ? grad_plv.data_ptr() : nullptr;
-  a.rows = lay.rows;
-  a.dim = lay.dim;
-  a.num_samples = num_samples;
-  check_launch(cuda::reparam_backward(a, c10::cuda::getCurrentCUDAStream().stream()), "reparam backward");
-  if (want_prior) {  // back to the prior's own (broadcast) shapes
-    grad_pm = grad_pm.sum_to_size(prior_mu->sizes());
-    grad_plv = grad_plv.sum_to_size(prior_logvar->sizes());
-  }
-  return {grad_mu, grad_logvar, grad_pm, grad_plv};
-}
-
-// The noise alone: uniform (or standard normal) number i of (seed, offset), i in [0, n), fp32.
-at::Tensor philox_noise_cuda(const at::Tensor& seed_offset, int64_t n, bool normal) {
-  TORCH_CHECK(seed_offset.is_cuda(), "seed_offset is on ", seed_offset.device(), "; this is the CUDA kernel");
-  TORCH_CHECK_VALUE(n >= 0, "n must be >= 0, got ", n);
-  const at::Tensor so = seed_offset_on(seed_offset, seed_offset);
-  const c10::cuda::CUDAGuard guard(so.device());
-  at::Tensor out = at::empty({n}, so.options().dtype(at::kFloat));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const cudaError_t err = normal ? cuda::philox_normal(out.data_ptr<float>(), n, so.data_ptr<int64_t>(), stream)
-                                 : cuda::philox_uniform(out.data_ptr<float>(), n, so.data_ptr<int64_t>(), stream);
-  check_launch(err, "philox noise");
-  return out;
+TORCH_LIBRARY_IMPL(fused_kingma, CUDA, m) {
+  m.impl("reparam_fwd", &reparam_fwd_cuda);
+  m.impl("reparam_bwd", &reparam_bwd_cuda);
+  m.impl("philox_debug_cuda", &philox_debug_cuda);
 }
 
 }  // namespace fused_kingma::cuda_glue

@@ -47,6 +47,29 @@ FK_FN T log_p_term(T z, T mp, T lvp) {
   return T(-0.5) * (d * d * gexp(-lvp) + lvp);
 }
 
+// log N(z; 0, 1) without the -0.5 ln(2 pi) constant (log_p_term with mp = 0, lvp = 0, without the exp).
+template <class T>
+FK_FN T log_std_normal_term(T z) {
+  return T(-0.5) * z * z;
+}
+
+// Derivatives of log_p_term in z, mp and lvp (the standard normal prior: z = -z, the others unused).
+template <class T>
+struct LogPGrad {
+  T z, mp, lvp;
+};
+
+template <class T>
+FK_FN LogPGrad<T> log_p_term_grad(T z, T mp, T lvp) {
+  const T d = z - mp;
+  const T d_over_vp = d * gexp(-lvp);
+  LogPGrad<T> g;
+  g.z = -d_over_vp;
+  g.mp = d_over_vp;
+  g.lvp = T(0.5) * d * d_over_vp - T(0.5);
+  return g;
+}
+
 // Derivatives of kl_normal (with mp = 0, lvp = 0 for the standard normal prior).
 template <class T>
 struct KlGrad {
