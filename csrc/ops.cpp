@@ -1,4 +1,6 @@
-// The fused_kingma operator library: every schema is declared here, once. Each backend
+// The fused_kingma operator library: every schema is declared here, once (except two that exist only in a
+// CUDA build and are declared next to their kernels with TORCH_LIBRARY_FRAGMENT: adam_step_lr_tensor_, the
+// capturable step reading lr from a device tensor, and the test helper philox_debug_cuda). Each backend
 // registers its kernels in its own file with TORCH_LIBRARY_IMPL (csrc/cpu/*.cpp for CPU,
 // csrc/cuda_glue/*.cpp for CUDA, built only in a CUDA build). The Python module _C carries
 // only small helpers (ISA selection, build info); the ops are reached via torch.ops.fused_kingma.
