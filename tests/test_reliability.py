@@ -2,7 +2,10 @@
 import copy
 import io
 import pickle
+import random
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -160,3 +163,77 @@ def test_nan_inf_propagate_like_torch():
     ref.step()
     torch.testing.assert_close(p, q, equal_nan=True)
     torch.testing.assert_close(opt.state[p]["exp_avg_sq"], ref.state[q]["exp_avg_sq"], equal_nan=True)
+
+
+def _time_other_thread_ran_during(call, bin_s=0.002):
+    """Runs `call` here while another thread spins in Python, stamping the time. Returns (number of bin_s-long
+    time bins inside the call in which the other thread ran, number of bins). A call that holds the GIL lets
+    the other thread in only at its ends (a hand-over there, which a loaded machine can delay): a few bins.
+    A call that releases it: bins all along."""
+    stamps, stop = [], threading.Event()
+
+    def spin():
+        clock = time.perf_counter
+        while not stop.is_set():
+            stamps.append(clock())
+
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(bin_s / 4)  # a hand-over lasts a fraction of a bin
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        while not stamps:  # the spinning thread is running
+            pass
+        t0 = time.perf_counter()
+        call()
+        t1 = time.perf_counter()
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old_interval)
+    ran = {int((x - t0) / bin_s) for x in stamps if t0 < x < t1}
+    return len(ran), int((t1 - t0) / bin_s)
+
+
+def _long_enough(make_call, min_s=0.05):
+    """make_call(n) -> a call on n elements; doubles n until one call takes min_s (machines differ 10x)."""
+    n = 1 << 20
+    while True:
+        call = make_call(n)
+        call()  # warm up (allocations, first-call dispatch) and time it
+        t0 = time.perf_counter()
+        call()
+        if time.perf_counter() - t0 >= min_s or n >= 1 << 27:
+            return call
+        n *= 2
+
+
+def test_gil_detector_sees_a_call_that_holds_the_gil():
+    """The control for the test below: sorted() runs in C holding the GIL."""
+    data = list(range(1_000_000))
+    random.Random(0).shuffle(data)
+    ran, bins = _time_other_thread_ran_during(lambda: sorted(data))
+    assert bins >= 25 and ran <= 4, (ran, bins)
+
+
+def _adam_call(n):
+    """One native adam_step_ call (the optimizer's Python around it would let the other thread in anyway)."""
+    p, g, m, v = torch.zeros(n), torch.ones(n), torch.zeros(n), torch.zeros(n)
+    step = torch.zeros(())
+    return lambda: fused_kingma._ops.ops.adam_step_(
+        [p], [g], [m], [v], [], [step], [], [], rule="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+        weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, maximize=False, ema_decay=0.0,
+        stochastic_rounding=False, seed=0, lr_is_fp32_tensor=False, grad_scale=None, found_inf=None,
+        check_only=False)
+
+
+def _reparam_call(n):
+    mu = torch.zeros(n // 64, 64)
+    return lambda: fused_kingma.reparameterize(mu, mu, seed=1, num_samples=4)
+
+
+@pytest.mark.parametrize("make_call", [_adam_call, _reparam_call], ids=["adam_step_", "reparameterize"])
+def test_native_ops_release_the_gil(make_call):
+    """Another Python thread keeps running while one native call runs."""
+    ran, bins = _time_other_thread_ran_during(_long_enough(make_call))
+    assert ran >= max(10, bins // 4), f"the other thread ran in {ran} of {bins} time bins: the op held the GIL"
