@@ -413,9 +413,11 @@ def _describe(value):
     return f"{type(value).__name__} {value!r}"
 
 
-def _reject_differentiable(name, differentiable):
+def _reject_differentiable(name, differentiable, lr):
     if differentiable:
         raise NotImplementedError(f"{name}: differentiable=True is not supported (the step is a fused kernel)")
+    if torch.is_tensor(lr) and lr.device.type == "meta":  # torch's own check would fail on .item() unnamed
+        raise ValueError(f"{name}: lr must be a number or a 1-element real tensor with a value, got a tensor on meta")
 
 
 class FusedAdam(_FusedAdamBase, torch.optim.Adam):
@@ -424,7 +426,7 @@ class FusedAdam(_FusedAdamBase, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, ema_decay=None, master_weights=False, stochastic_rounding=False):
-        _reject_differentiable(type(self).__name__, differentiable)
+        _reject_differentiable(type(self).__name__, differentiable, lr)
         torch.optim.Adam.__init__(self, params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                                   maximize=maximize, capturable=capturable, differentiable=differentiable,
                                   fused=fused, decoupled_weight_decay=decoupled_weight_decay)
@@ -437,7 +439,7 @@ class FusedAdamW(_FusedAdamBase, torch.optim.AdamW):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
                  ema_decay=None, master_weights=False, stochastic_rounding=False):
-        _reject_differentiable(type(self).__name__, differentiable)
+        _reject_differentiable(type(self).__name__, differentiable, lr)
         torch.optim.AdamW.__init__(self, params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                                    foreach=foreach, capturable=capturable, differentiable=differentiable,
                                    fused=fused)
@@ -453,7 +455,7 @@ class FusedAdamax(_FusedAdamBase, torch.optim.Adamax):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
                  maximize=False, differentiable=False, capturable=False, ema_decay=None, master_weights=False,
                  stochastic_rounding=False):
-        _reject_differentiable(type(self).__name__, differentiable)
+        _reject_differentiable(type(self).__name__, differentiable, lr)
         torch.optim.Adamax.__init__(self, params, lr, betas, eps, weight_decay, foreach, maximize=maximize,
                                     differentiable=differentiable, capturable=capturable)
         self._init_extras(ema_decay, master_weights, stochastic_rounding)

@@ -233,6 +233,13 @@ def test_bad_hyper_parameter_changes_nothing(opt_cls, key, make, exc, msg):
     assert_steps_like_untouched_twin(params, opt, lambda: trained(opt_cls))
 
 
+@pytest.mark.parametrize("opt_cls", [fk.FusedAdam, fk.FusedAdamW, fk.FusedAdamax])
+def test_meta_lr_tensor_is_refused_by_the_constructor(opt_cls):
+    with pytest.raises(ValueError, match=_escape(f"{opt_cls.__name__}: lr must be a number or a 1-element real "
+                                                 "tensor with a value, got a tensor on meta")):
+        opt_cls([torch.nn.Parameter(torch.zeros(2))], lr=torch.tensor(1e-3, device="meta"))
+
+
 # ------------------------------------------------------------------------------------- bad tensors
 def _set_grad(p, g):
     p.grad = None
