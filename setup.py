@@ -28,6 +28,14 @@ def _want_cuda():
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
+# FUSED_KINGMA_SANITIZE=1 flags; .ci/sanitizer_selfcheck.sh reads these two lists (ast) to prove they catch bugs.
+# -fno-wrapv: Python's CFLAGS carry -fwrapv, which makes signed overflow defined and so turns UBSan's
+# signed-integer-overflow check off; the CUDA kernels share this math and have no such flag.
+SANITIZE_CXX_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",
+                      "-fno-wrapv"]
+SANITIZE_LINK_FLAGS = ["-fsanitize=address,undefined"]
+
+
 def _sources(pattern):
     return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
 
@@ -46,8 +54,8 @@ def make_extension():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     if sanitize:
-        cxx += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-        link += ["-fsanitize=address,undefined"]
+        cxx += SANITIZE_CXX_FLAGS
+        link += SANITIZE_LINK_FLAGS
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     kwargs = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=link)
     if not cuda:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # CI: build the CPU extension with AddressSanitizer + UBSan into build/asan-pkg (the in-place
-# build is untouched) and run the CPU tests against it; any sanitizer report fails the job.
+# build is untouched) and run the CPU tests against it; any sanitizer report fails the job. A self-check runs
+# first and fails the job if these flags do NOT catch deliberate bugs (.ci/sanitizer_selfcheck.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 export MAX_JOBS=${MAX_JOBS:-2}
+# First prove the sanitizers catch a known heap overflow and signed overflow with these very flags (seconds).
+PYTHON="$PY" .ci/sanitizer_selfcheck.sh
 PKG=build/asan-pkg
 rm -rf "$PKG" && mkdir -p "$PKG"
 FUSED_KINGMA_SANITIZE=1 "$PY" setup.py -q build_ext --build-temp build/asan-tmp --build-lib "$PKG"
@@ -22,6 +25,6 @@ LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -c \
   "import fused_kingma._ops, fused_kingma, sys; assert fused_kingma.__file__.startswith('$PWD/$PKG'), fused_kingma.__file__; print('asan build:', fused_kingma.__file__)"
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -m pytest -q -x -p no:cacheprovider \
   --rootdir=. ${SANITIZE_TESTS:-tests/test_adam.py tests/test_adam_extras.py tests/test_reparam.py tests/test_philox.py \
-  tests/test_cuda_emulated.py} \
+  tests/test_cuda_emulated.py tests/test_bad_input.py tests/test_properties.py tests/test_reliability.py} \
   -k "${SANITIZE_K:-not slow}"
 echo "sanitize: OK ($SO)"

@@ -27,7 +27,7 @@ inline std::string dtype_str(at::ScalarType t) {
     case at::kBFloat16: return "torch.bfloat16";
     case at::kComplexFloat: return "torch.complex64";
     case at::kComplexDouble: return "torch.complex128";
-    default: return std::string("torch.") + c10::toString(t);
+    default: return "torch." + std::string(c10::getDtypeNames(t).first);  // torch's Python name (torch.int64)
   }
 }
 

@@ -113,13 +113,18 @@ def reparameterize(mu, logvar, *, num_samples=1, prior=None, free_bits=None, ret
 
 
 def _free_bits_kl(mu, logvar, prior_mu, prior_logvar, lam):
-    # Per-coordinate KL, averaged over every batch dim, floored at lam per latent dim (plain torch ops).
+    # Per-coordinate KL, averaged over every batch dim, floored at lam per latent dim (plain torch ops), in the
+    # kernels' compute dtype: float64 for float64, else float32 (fp16/bf16 widened first, rounded once at the end).
+    out_dtype = mu.dtype
+    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
+    mu, logvar = mu.to(compute), logvar.to(compute)
     if prior_mu is None:
         kl = 0.5 * (logvar.exp() + mu * mu - 1.0 - logvar)
     else:
+        prior_mu, prior_logvar = prior_mu.to(compute), prior_logvar.to(compute)
         kl = 0.5 * ((logvar.exp() + (mu - prior_mu) ** 2) * torch.exp(-prior_logvar) - 1.0 + prior_logvar - logvar)
-    per_dim = kl.float().reshape(-1, mu.shape[-1]).mean(0)
-    return per_dim.clamp(min=lam).sum().to(mu.dtype)
+    per_dim = kl.reshape(-1, mu.shape[-1]).mean(0)
+    return per_dim.clamp(min=lam).sum().to(out_dtype)
 
 
 def gaussian_kl(mu, logvar, prior=None):

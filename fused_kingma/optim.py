@@ -103,8 +103,15 @@ class _FusedAdamBase:
 
     def _hyper(self, gi, group):
         name = type(self).__name__
+        device = group["params"][0].device if group["params"] else torch.device("cpu")
 
         def scalar(key, value):
+            if torch.is_tensor(value) and (value.numel() != 1 or value.is_complex() or
+                                           value.device.type not in ("cpu", device.type)):
+                # Checked here: .item() on a meta tensor, say, fails without naming the hyper-parameter.
+                raise ValueError(f"{name}: param group {gi}: {key} must be a number or a 1-element real tensor on "
+                                 f"the CPU or the parameters' device ({device}), got a tensor of shape "
+                                 f"{tuple(value.shape)} and dtype {value.dtype} on {value.device}")
             v = float(value.item() if torch.is_tensor(value) else value)
             if not math.isfinite(v):
                 raise ValueError(f"{name}: param group {gi}: {key} must be finite, got {v}")
@@ -296,7 +303,56 @@ class _FusedAdamBase:
                     del group[key]
         return sd
 
+    # State entries of one element per parameter element, and the per-param scalars.
+    _PER_ELEMENT_KEYS = ("exp_avg", "exp_avg_sq", "exp_inf", "max_exp_avg_sq", "master_param", "ema")
+    _SCALAR_KEYS = ("step", "ema_start")
+    _GROUP_KEYS = ("params", "lr", "betas", "eps", "weight_decay")
+
+    def _check_state_dict(self, state_dict):
+        """Raises a clear error for a state_dict this optimizer cannot step with (another optimizer's, missing or
+        mis-shaped entries, non-float tensors), before load_state_dict changes anything. Missing amsgrad / EMA /
+        master-weight entries are not errors: the next step creates them, as for a torch checkpoint."""
+        where = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError(f"{where}: expected a dict with 'state' and 'param_groups' (from state_dict()), got "
+                             f"{type(state_dict).__name__}" + (f" with keys {sorted(map(str, state_dict))}"
+                                                               if isinstance(state_dict, dict) else ""))
+        required = ("step", "exp_avg", self._second_key)
+        states = state_dict["state"]
+        for gi, (group, saved) in enumerate(zip(self.param_groups, state_dict["param_groups"])):
+            lacking = [k for k in self._GROUP_KEYS if k not in saved]
+            if lacking:
+                raise ValueError(f"{where}: param group {gi} lacks {lacking} (it has {sorted(saved)}): not a "
+                                 f"state_dict of {type(self).__name__} or its torch counterpart")
+            for j, (p, pid) in enumerate(zip(group["params"], saved["params"])):
+                st = states.get(pid)
+                if not st:
+                    continue
+                at = f"{where}: state of param group {gi}, parameter {j}"
+                lacking = [k for k in required if k not in st]
+                if lacking:
+                    raise ValueError(f"{at} lacks {lacking} (it has {sorted(st)}): not a state_dict of "
+                                     f"{type(self).__name__} or its torch counterpart")
+                for key, value in st.items():
+                    if key in self._SCALAR_KEYS:
+                        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+                            torch.is_tensor(value) and value.numel() == 1 and value.is_floating_point())
+                        if not ok:
+                            raise TypeError(f"{at}: '{key}' must be a number or a 1-element floating-point tensor, "
+                                            f"got {_describe(value)}")
+                    elif key in self._PER_ELEMENT_KEYS:
+                        if not torch.is_tensor(value):
+                            raise TypeError(f"{at}: '{key}' must be a tensor, got {_describe(value)}")
+                        if value.shape != p.shape:
+                            raise ValueError(f"{at}: '{key}' has shape {tuple(value.shape)} but the parameter has "
+                                             f"shape {tuple(p.shape)}")
+                        if not (value.is_floating_point() if p.is_floating_point() else value.dtype == p.dtype):
+                            want = "a floating-point dtype" if p.is_floating_point() else p.dtype
+                            raise TypeError(f"{at}: '{key}' has dtype {value.dtype} but {want} was expected "
+                                            f"(parameter dtype {p.dtype})")
+
     def load_state_dict(self, state_dict):
+        self._check_state_dict(state_dict)
         # torch casts every state tensor to its param's dtype; our fp32 extras (master copy, its
         # fp32 moments, the EMA of fp16/bf16 params) keep their own dtype.
         keep = {}
@@ -359,9 +415,17 @@ class _FusedAdamBase:
                     p.copy_(s)
 
 
-def _reject_differentiable(name, differentiable):
+def _describe(value):
+    if torch.is_tensor(value):
+        return f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _reject_differentiable(name, differentiable, lr):
     if differentiable:
         raise NotImplementedError(f"{name}: differentiable=True is not supported (the step is a fused kernel)")
+    if torch.is_tensor(lr) and lr.device.type == "meta":  # torch's own check would fail on .item() unnamed
+        raise ValueError(f"{name}: lr must be a number or a 1-element real tensor with a value, got a tensor on meta")
 
 
 class FusedAdam(_FusedAdamBase, torch.optim.Adam):
@@ -370,7 +434,7 @@ class FusedAdam(_FusedAdamBase, torch.optim.Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, ema_decay=None, master_weights=False, stochastic_rounding=False):
-        _reject_differentiable(type(self).__name__, differentiable)
+        _reject_differentiable(type(self).__name__, differentiable, lr)
         torch.optim.Adam.__init__(self, params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                                   maximize=maximize, capturable=capturable, differentiable=differentiable,
                                   fused=fused, decoupled_weight_decay=decoupled_weight_decay)
@@ -383,7 +447,7 @@ class FusedAdamW(_FusedAdamBase, torch.optim.AdamW):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
                  ema_decay=None, master_weights=False, stochastic_rounding=False):
-        _reject_differentiable(type(self).__name__, differentiable)
+        _reject_differentiable(type(self).__name__, differentiable, lr)
         torch.optim.AdamW.__init__(self, params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
                                    foreach=foreach, capturable=capturable, differentiable=differentiable,
                                    fused=fused)
@@ -399,7 +463,7 @@ class FusedAdamax(_FusedAdamBase, torch.optim.Adamax):
     def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, foreach=None, *,
                  maximize=False, differentiable=False, capturable=False, ema_decay=None, master_weights=False,
                  stochastic_rounding=False):
-        _reject_differentiable(type(self).__name__, differentiable)
+        _reject_differentiable(type(self).__name__, differentiable, lr)
         torch.optim.Adamax.__init__(self, params, lr, betas, eps, weight_decay, foreach, maximize=maximize,
                                     differentiable=differentiable, capturable=capturable)
         self._init_extras(ema_decay, master_weights, stochastic_rounding)

@@ -371,19 +371,16 @@ def test_large_tensor_uses_threads_and_matches():
         torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-6)
 
 
-def test_dtensor_params_run_on_local_shards():
+def test_dtensor_params_run_on_local_shards(tmp_path):
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
         pytest.skip("torch without distributed")
-    import os
 
     from torch.distributed.tensor import DTensor, Replicate, init_device_mesh
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
     created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    if created:  # a file rendezvous: no fixed port to collide with another test run on this machine
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
         local = torch.randn(6)
@@ -472,19 +469,16 @@ def test_opcheck_adam_step(amsgrad, ema):
     torch.library.opcheck(ops.adam_step_.default, args, kw)
 
 
-def test_zero_redundancy_optimizer_wraps_fused_adamw():
+def test_zero_redundancy_optimizer_wraps_fused_adamw(tmp_path):
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
         pytest.skip("torch without distributed")
-    import os
 
     from torch.distributed.optim import ZeroRedundancyOptimizer
 
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29534")
     created = not dist.is_initialized()
-    if created:
-        dist.init_process_group("gloo", rank=0, world_size=1)
+    if created:  # a file rendezvous: no fixed port to collide with another test run on this machine
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         m, r = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
