@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include "huge_pages.h"
+#include "reparam_glue.h"
 #include "reparam_kernels.h"
 
 namespace fused_kingma::cpu {
@@ -28,41 +29,11 @@ std::pair<uint64_t, uint64_t> read_seed_offset(const at::Tensor& so) {
   return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
 }
 
-void check_like(const at::Tensor& t, const at::Tensor& mu, const char* name) {
-  TORCH_CHECK(t.scalar_type() == mu.scalar_type(), name, " must have mu's dtype ", mu.scalar_type(), ", got ",
-              t.scalar_type());
-  TORCH_CHECK(t.device() == mu.device(), name, " must be on mu's device");
-}
-
-// The prior as rows the kernels read through a row stride (ReparamFwdArgs): a prior shared by every row
-// (shape (D,) or (1, ..., 1, D), the common case) is read in place with stride 0 instead of being expanded
-// to mu's size; a prior already of mu's layout is read as is; any other broadcast is expanded.
-struct PriorRows {
-  at::Tensor rows;
-  int64_t row_stride;
-};
-
-PriorRows prior_rows(const c10::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
-  check_like(*p, mu, name);
-  const at::Tensor e = p->expand(mu.sizes());
-  const int64_t D = mu.size(-1);
-  bool shared = true;
-  for (int64_t d = 0; d + 1 < e.dim(); ++d) shared = shared && (e.stride(d) == 0 || e.size(d) == 1);
-  if (shared && (e.stride(-1) == 1 || D <= 1)) return {e, 0};
-  return {e.contiguous(), D};
-}
-
 // A large output the kernel writes whole: huge pages make its first touch cheap (see huge_pages.h).
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
   advise_huge_pages(t.data_ptr(), t.nbytes());
   return t;
-}
-
-std::vector<int64_t> with_samples(at::IntArrayRef shape, int64_t K) {
-  std::vector<int64_t> s(shape.begin(), shape.end());
-  if (K > 1) s.insert(s.begin(), K);
-  return s;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at::Tensor& mu_in, const at::Tensor& lv_in,
@@ -74,14 +45,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
   TORCH_CHECK(mu_in.sizes() == lv_in.sizes(), "logvar must have mu's shape");
   TORCH_CHECK(num_samples >= 0, "num_samples must be >= 0");
   TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "prior needs both mean and logvar");
-  check_like(lv_in, mu_in, "logvar");
+  check_like_mu(lv_in, mu_in, "logvar");
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
-  PriorRows mp{at::Tensor(), 0}, lvp{at::Tensor(), 0};
-  if (has_prior) {
-    mp = prior_rows(prior_mu, mu, "prior mean");
-    lvp = prior_rows(prior_logvar, mu, "prior logvar");
-  }
+  const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const auto [seed, offset] = read_seed_offset(seed_offset);
   const int64_t D = mu.size(-1), R = D > 0 ? mu.numel() / D : mu.numel() == 0 ? 1 : 0;
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
@@ -118,14 +85,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
     const c10::optional<at::Tensor>& prior_mu, const c10::optional<at::Tensor>& prior_logvar,
     const at::Tensor& seed_offset, int64_t num_samples) {
   TORCH_CHECK(mu_in.dim() >= 1 && mu_in.sizes() == lv_in.sizes(), "reparam_bwd: mu/logvar shapes");
-  check_like(lv_in, mu_in, "logvar");
+  check_like_mu(lv_in, mu_in, "logvar");
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
-  PriorRows mp{at::Tensor(), 0}, lvp{at::Tensor(), 0};
-  if (has_prior) {
-    mp = prior_rows(prior_mu, mu, "prior mean");
-    lvp = prior_rows(prior_logvar, mu, "prior logvar");
-  }
+  const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const int64_t K = num_samples, D = mu.size(-1);
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
   const int64_t rows = c10::multiply_integers(batch);

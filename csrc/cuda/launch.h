@@ -89,7 +89,8 @@ cudaError_t adam_step(const AdamArgs& args, const TensorRow* host_rows, const Te
 // the values of its replay. Per-row sums run in fp32 (fp64 for fp64) in a fixed order: deterministic,
 // no atomics. Pointers not needed are nullptr.
 // =====================================================================================
-struct ReparamForwardArgs {
+// What the forward and the backward both read: the Gaussian, the prior rows and the noise's (seed, offset).
+struct ReparamInputs {
   Dtype dtype;
   const void* mu;
   const void* logvar;
@@ -97,21 +98,17 @@ struct ReparamForwardArgs {
   const void* prior_logvar;  // nullptr with prior_mu
   int64_t prior_mu_row_stride, prior_logvar_row_stride;
   const int64_t* seed_offset;  // device memory
+  int64_t rows, dim, num_samples;
+};
+
+struct ReparamForwardArgs : ReparamInputs {
   void* z;                   // (num_samples, rows, dim); nullptr when num_samples == 0 (KL only)
   void* kl;                  // (rows,)
   void* log_q;               // (num_samples, rows) or nullptr
   void* log_p;               // (num_samples, rows), with log_q
-  int64_t rows, dim, num_samples;
 };
 
-struct ReparamBackwardArgs {
-  Dtype dtype;
-  const void* mu;
-  const void* logvar;
-  const void* prior_mu;
-  const void* prior_logvar;
-  int64_t prior_mu_row_stride, prior_logvar_row_stride;
-  const int64_t* seed_offset;
+struct ReparamBackwardArgs : ReparamInputs {
   const void* grad_z;        // (num_samples, rows, dim); nullptr when num_samples == 0
   const void* grad_kl;       // (rows,)
   const void* grad_log_q;    // (num_samples, rows) or nullptr (zero)
@@ -120,7 +117,6 @@ struct ReparamBackwardArgs {
   void* grad_logvar;         // (rows, dim)
   void* grad_prior_mu;       // (rows, dim) when there is a prior (expanded to mu's shape), else nullptr
   void* grad_prior_logvar;   // (rows, dim), with grad_prior_mu
-  int64_t rows, dim, num_samples;
 };
 
 cudaError_t reparam_forward(const ReparamForwardArgs& args, cudaStream_t stream);

@@ -16,15 +16,10 @@
 
 #include "cuda/launch.h"
 #include "cuda_glue/glue.h"
+#include "reparam_glue.h"
 
 namespace fused_kingma::cuda_glue {
 namespace {
-
-void check_like_mu(const at::Tensor& t, const at::Tensor& mu, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == mu.scalar_type(), name, " must have mu's dtype ", dtype_str(mu.scalar_type()),
-                   ", got ", dtype_str(t.scalar_type()));
-  TORCH_CHECK(t.device() == mu.device(), name, " must be on mu's device ", mu.device(), ", got ", t.device());
-}
 
 // (seed, offset) as a contiguous int64[2] on mu's device.
 at::Tensor seed_offset_on(const at::Tensor& so, const at::Tensor& mu) {
@@ -36,32 +31,27 @@ at::Tensor seed_offset_on(const at::Tensor& so, const at::Tensor& mu) {
   return so.to(mu.device()).contiguous();
 }
 
-// The prior as rows read through a row stride, as the CPU glue does: shared by every row (shape (D,) or
-// (1, ..., 1, D)) -> read in place with stride 0; otherwise expanded to mu's shape and made contiguous.
-struct PriorRows {
-  at::Tensor rows;
-  int64_t row_stride = 0;
-};
-
-PriorRows prior_rows(const std::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
-  check_like_mu(*p, mu, name);
-  const at::Tensor e = p->expand(mu.sizes());
-  const int64_t D = mu.size(-1);
-  bool shared = true;
-  for (int64_t d = 0; d + 1 < e.dim(); ++d) shared = shared && (e.stride(d) == 0 || e.size(d) == 1);
-  if (shared && (e.stride(-1) == 1 || D <= 1)) return {e, 0};
-  return {e.contiguous(), D};
-}
-
-std::vector<int64_t> with_samples(at::IntArrayRef shape, int64_t K) {
-  std::vector<int64_t> s(shape.begin(), shape.end());
-  if (K > 1) s.insert(s.begin(), K);
-  return s;
-}
-
 void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr; }
 
 cudaStream_t current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+
+// The inputs both kernels read (the tensors must stay alive until the launch is enqueued).
+cuda::ReparamInputs reparam_inputs(cuda::Dtype dtype, const at::Tensor& mu, const at::Tensor& lv, bool has_prior,
+                                   const PriorRows& mp, const PriorRows& lvp, const at::Tensor& so, int64_t K) {
+  cuda::ReparamInputs in{};
+  in.dtype = dtype;
+  in.mu = mu.data_ptr();
+  in.logvar = lv.data_ptr();
+  in.prior_mu = has_prior ? mp.rows.data_ptr() : nullptr;
+  in.prior_logvar = has_prior ? lvp.rows.data_ptr() : nullptr;
+  in.prior_mu_row_stride = mp.row_stride;
+  in.prior_logvar_row_stride = lvp.row_stride;
+  in.seed_offset = so.data_ptr<int64_t>();
+  in.rows = c10::multiply_integers(mu.sizes().slice(0, mu.dim() - 1));
+  in.dim = mu.size(-1);
+  in.num_samples = K;
+  return in;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
     const at::Tensor& mu_in, const at::Tensor& lv_in, const std::optional<at::Tensor>& prior_mu,
@@ -76,11 +66,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
-  PriorRows mp, lvp;
-  if (has_prior) {
-    mp = prior_rows(prior_mu, mu, "prior mean");
-    lvp = prior_rows(prior_logvar, mu, "prior logvar");
-  }
+  const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const at::Tensor so = seed_offset_on(seed_offset, mu);
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
   const int64_t K = num_samples;
@@ -91,21 +77,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
   at::Tensor lp = log_prob ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
 
   cuda::ReparamForwardArgs a{};
-  a.dtype = dtype;
-  a.mu = mu.data_ptr();
-  a.logvar = lv.data_ptr();
-  a.prior_mu = has_prior ? mp.rows.data_ptr() : nullptr;
-  a.prior_logvar = has_prior ? lvp.rows.data_ptr() : nullptr;
-  a.prior_mu_row_stride = mp.row_stride;
-  a.prior_logvar_row_stride = lvp.row_stride;
-  a.seed_offset = so.data_ptr<int64_t>();
+  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, has_prior, mp, lvp, so, K);
   a.z = ptr_or_null(z);
   a.kl = ptr_or_null(kl);
   a.log_q = log_prob ? ptr_or_null(lq) : nullptr;
   a.log_p = log_prob ? ptr_or_null(lp) : nullptr;
-  a.rows = c10::multiply_integers(batch);
-  a.dim = mu.size(-1);
-  a.num_samples = K;
   check_launch(cuda::reparam_forward(a, current_stream(mu)), "reparam_fwd");
   return {z, kl, lq, lp};
 }
@@ -123,11 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
-  PriorRows mp, lvp;
-  if (has_prior) {
-    mp = prior_rows(prior_mu, mu, "prior mean");
-    lvp = prior_rows(prior_logvar, mu, "prior logvar");
-  }
+  const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const int64_t K = num_samples;
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
   // Output grads as dense tensors of mu's dtype on mu's device (conversions are device kernels).
@@ -151,14 +123,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   const at::Tensor so = seed_offset_on(seed_offset, mu);
 
   cuda::ReparamBackwardArgs a{};
-  a.dtype = dtype;
-  a.mu = mu.data_ptr();
-  a.logvar = lv.data_ptr();
-  a.prior_mu = has_prior ? mp.rows.data_ptr() : nullptr;
-  a.prior_logvar = has_prior ? lvp.rows.data_ptr() : nullptr;
-  a.prior_mu_row_stride = mp.row_stride;
-  a.prior_logvar_row_stride = lvp.row_stride;
-  a.seed_offset = so.data_ptr<int64_t>();
+  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, has_prior, mp, lvp, so, K);
   a.grad_z = K > 0 ? ptr_or_null(gz) : nullptr;
   a.grad_kl = ptr_or_null(gkl);
   a.grad_log_q = glq.defined() ? ptr_or_null(glq) : nullptr;
@@ -167,9 +132,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   a.grad_logvar = ptr_or_null(glv);
   a.grad_prior_mu = has_prior ? ptr_or_null(gmp) : nullptr;
   a.grad_prior_logvar = has_prior ? ptr_or_null(glvp) : nullptr;
-  a.rows = c10::multiply_integers(batch);
-  a.dim = mu.size(-1);
-  a.num_samples = K;
   check_launch(cuda::reparam_backward(a, current_stream(mu)), "reparam_bwd");
   return {gmu, glv, gmp, glvp};
 }

@@ -6,25 +6,36 @@
 
 using fused_kingma::cuda::Dtype;
 
+// The inputs both kernels read, as the CUDA glue fills them.
+static fused_kingma::cuda::ReparamInputs inputs(int dtype, const void* mu, const void* lv, const void* pm,
+                                                const void* plv, int64_t pm_stride, int64_t plv_stride,
+                                                const int64_t* seed_offset, int64_t rows, int64_t dim,
+                                                int64_t num_samples) {
+  fused_kingma::cuda::ReparamInputs in{};
+  in.dtype = static_cast<Dtype>(dtype);
+  in.mu = mu;
+  in.logvar = lv;
+  in.prior_mu = pm;
+  in.prior_logvar = plv;
+  in.prior_mu_row_stride = pm_stride;
+  in.prior_logvar_row_stride = plv_stride;
+  in.seed_offset = seed_offset;
+  in.rows = rows;
+  in.dim = dim;
+  in.num_samples = num_samples;
+  return in;
+}
+
 extern "C" int emu_reparam_forward(int dtype, const void* mu, const void* lv, const void* pm, const void* plv,
                                    int64_t pm_stride, int64_t plv_stride, const int64_t* seed_offset, void* z,
                                    void* kl, void* lq, void* lp, int64_t rows, int64_t dim, int64_t num_samples) {
   fused_kingma::cuda::ReparamForwardArgs a{};
-  a.dtype = static_cast<Dtype>(dtype);
-  a.mu = mu;
-  a.logvar = lv;
-  a.prior_mu = pm;
-  a.prior_logvar = plv;
-  a.prior_mu_row_stride = pm_stride;
-  a.prior_logvar_row_stride = plv_stride;
-  a.seed_offset = seed_offset;
+  static_cast<fused_kingma::cuda::ReparamInputs&>(a) =
+      inputs(dtype, mu, lv, pm, plv, pm_stride, plv_stride, seed_offset, rows, dim, num_samples);
   a.z = z;
   a.kl = kl;
   a.log_q = lq;
   a.log_p = lp;
-  a.rows = rows;
-  a.dim = dim;
-  a.num_samples = num_samples;
   return static_cast<int>(fused_kingma::cuda::reparam_forward(a, nullptr));
 }
 
@@ -34,14 +45,8 @@ extern "C" int emu_reparam_backward(int dtype, const void* mu, const void* lv, c
                                     void* glv, void* gpm, void* gplv, int64_t rows, int64_t dim,
                                     int64_t num_samples) {
   fused_kingma::cuda::ReparamBackwardArgs a{};
-  a.dtype = static_cast<Dtype>(dtype);
-  a.mu = mu;
-  a.logvar = lv;
-  a.prior_mu = pm;
-  a.prior_logvar = plv;
-  a.prior_mu_row_stride = pm_stride;
-  a.prior_logvar_row_stride = plv_stride;
-  a.seed_offset = seed_offset;
+  static_cast<fused_kingma::cuda::ReparamInputs&>(a) =
+      inputs(dtype, mu, lv, pm, plv, pm_stride, plv_stride, seed_offset, rows, dim, num_samples);
   a.grad_z = gz;
   a.grad_kl = gkl;
   a.grad_log_q = glq;
@@ -50,8 +55,5 @@ extern "C" int emu_reparam_backward(int dtype, const void* mu, const void* lv, c
   a.grad_logvar = glv;
   a.grad_prior_mu = gpm;
   a.grad_prior_logvar = gplv;
-  a.rows = rows;
-  a.dim = dim;
-  a.num_samples = num_samples;
   return static_cast<int>(fused_kingma::cuda::reparam_backward(a, nullptr));
 }

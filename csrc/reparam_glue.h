@@ -1,0 +1,58 @@
+// Torch-side argument handling shared by the CPU op and the CUDA glue of reparam_fwd / reparam_bwd, so both
+// backends read the prior the same way and reject bad input with the same words.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <vector>
+
+#include "tensor_checks.h"
+
+namespace fused_kingma {
+
+// logvar and the prior must match mu's dtype and device (the Python layer checks first; this guards direct
+// torch.ops calls).
+inline void check_like_mu(const at::Tensor& t, const at::Tensor& mu, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == mu.scalar_type(), name, " must have mu's dtype ", dtype_str(mu.scalar_type()),
+                   ", got ", dtype_str(t.scalar_type()));
+  TORCH_CHECK(t.device() == mu.device(), name, " must be on mu's device ", mu.device(), ", got ", t.device());
+}
+
+// The prior as rows the kernels read through a row stride: a prior shared by every row (shape (D,) or
+// (1, ..., 1, D), the common case) is read in place with stride 0 instead of being expanded to mu's size;
+// a prior already of mu's layout is read as is; any other broadcast is expanded and made contiguous.
+struct PriorRows {
+  at::Tensor rows;
+  int64_t row_stride = 0;
+};
+
+inline PriorRows prior_rows(const std::optional<at::Tensor>& p, const at::Tensor& mu, const char* name) {
+  check_like_mu(*p, mu, name);
+  const at::Tensor e = p->expand(mu.sizes());
+  const int64_t D = mu.size(-1);
+  bool shared = true;
+  for (int64_t d = 0; d + 1 < e.dim(); ++d) shared = shared && (e.stride(d) == 0 || e.size(d) == 1);
+  if (shared && (e.stride(-1) == 1 || D <= 1)) return {e, 0};
+  return {e.contiguous(), D};
+}
+
+// Both prior tensors as rows (empty rows with stride 0 when there is no prior).
+struct Prior {
+  PriorRows mean, logvar;
+};
+
+inline Prior prior_of(const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
+                      const at::Tensor& mu) {
+  if (!prior_mu.has_value()) return {};
+  return {prior_rows(prior_mu, mu, "prior mean"), prior_rows(prior_logvar, mu, "prior logvar")};
+}
+
+// Output shape with the samples dim: (K, *shape) for K > 1, shape itself for K = 1.
+inline std::vector<int64_t> with_samples(at::IntArrayRef shape, int64_t K) {
+  std::vector<int64_t> s(shape.begin(), shape.end());
+  if (K > 1) s.insert(s.begin(), K);
+  return s;
+}
+
+}  // namespace fused_kingma
