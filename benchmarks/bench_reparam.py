@@ -79,7 +79,11 @@ def run(tiny: bool, device: str = "cpu"):
                 if use_compile:  # a fresh compile per shape and pass (no recompile limit, no dynamic shapes)
                     torch._dynamo.reset()
                     candidates["compile"] = make(torch.compile(eager_reparam, dynamic=False), mu, lv)
-                t = common.median_ms_interleaved(candidates, device=device, warmup=warmup, repeat=repeat)
+                # Warm: 3 calls of a candidate in a row per round (a training loop: the encoder has just written
+                # mu/logvar); cold: 1 call per round, right after the other candidates and the probe.
+                t = common.median_ms_interleaved(candidates, device=device, warmup=warmup, repeat=repeat,
+                                                 calls_per_round=3)
+                cold = common.median_ms_interleaved(candidates, device=device, warmup=0, repeat=repeat)
                 t_comp = t.get("compile", float("nan"))
                 bw = probe_bytes / (t["probe"] * 1e-3) / 1e9
                 bandwidths.append(bw)
@@ -87,16 +91,23 @@ def run(tiny: bool, device: str = "cpu"):
                 rows.append(dict(shape=f"{b}x{d}", dtype=dname, mode=mode, fused_ms=t["fused"], eager_ms=t["eager"],
                                  compile_ms=t_comp, floor_ms=floor, vs_eager=t["eager"] / t["fused"],
                                  vs_compile=t_comp / t["fused"], of_floor=floor / t["fused"],
+                                 cold_fused_ms=cold["fused"], cold_eager_ms=cold["eager"],
+                                 cold_vs_eager=cold["eager"] / cold["fused"],
+                                 cold_vs_compile=cold.get("compile", float("nan")) / cold["fused"],
                                  noise_fused_ms=noise["fused"], noise_randn_ms=noise["randn"]))
     headers = ["shape", "dtype", "pass", "fused ms", "eager ms", "compile ms", "floor ms", "x eager", "x compile",
-               "floor/fused", "noise fused ms", "randn ms"]
+               "floor/fused", "cold: fused ms", "cold: x eager", "cold: x compile", "noise fused ms", "randn ms"]
     table = common.markdown_table(headers, [
         [r["shape"], r["dtype"], r["mode"], f"{r['fused_ms']:.3f}", f"{r['eager_ms']:.3f}", f"{r['compile_ms']:.3f}",
          f"{r['floor_ms']:.3f}", f"{r['vs_eager']:.1f}", f"{r['vs_compile']:.1f}", f"{r['of_floor']:.2f}",
+         f"{r['cold_fused_ms']:.3f}", f"{r['cold_vs_eager']:.1f}", f"{r['cold_vs_compile']:.1f}",
          f"{r['noise_fused_ms']:.3f}", f"{r['noise_randn_ms']:.3f}"] for r in rows])
-    notes = (f"Median of {repeat} rounds, each round calling every candidate once (fused, eager, compile and a "
+    notes = (f"Median of {repeat} rounds; each round times every candidate (fused, eager, compile and a "
              f"bandwidth probe x.add_(y) on {probe_numel} fp32, 12 B/elem: {min(bandwidths):.1f}-{max(bandwidths):.1f} GB/s "
-             f"this run). Every candidate allocates its outputs, so all pay the same first-touch page faults. "
+             f"this run). Main columns: 3 calls of a candidate in a row per round, median of the 3 (inputs warm, as "
+             f"in a training loop where the encoder has just written mu/logvar). 'cold' columns: a separate set of "
+             f"rounds with 1 call per candidate, each right after the others and the {probe_bytes // 2**20} MiB probe (inputs come "
+             f"from DRAM). Every candidate allocates its outputs, so all pay the same first-touch page faults. "
              f"Floor = bytes / the probe's bandwidth of that row, with fp32 12 B/elem forward "
              f"(mu, logvar in, z out) and 20 B/elem backward (mu, logvar, grad_z in, grad_mu, grad_logvar out); bf16 "
              f"half that. Eager = `mu + exp(0.5*logvar)*randn_like(mu)` + `-0.5*sum(1+logvar-mu**2-logvar.exp(),-1)`; "

@@ -58,9 +58,11 @@ def median_ms(fn, *, device="cpu", warmup=3, repeat=15, min_time_s=0.0):
     return statistics.median(times)
 
 
-def median_ms_interleaved(fns, *, device="cpu", warmup=2, repeat=7):
-    """Median ms of each fn in the dict `fns`, timed in round-robin order (one call of each per round), so
-    that a machine whose memory bandwidth drifts over time (shared hosts) slows every candidate alike."""
+def median_ms_interleaved(fns, *, device="cpu", warmup=2, repeat=7, calls_per_round=1):
+    """Median ms of each fn in the dict `fns`, timed in round-robin order, so that a machine whose memory
+    bandwidth drifts over time (shared hosts) slows every candidate alike. Each round calls every candidate
+    `calls_per_round` times in a row and keeps the median of those calls: 1 times each call right after the
+    other candidates (cold caches); 3 times it with its inputs warm, as in a loop calling it every step."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -68,7 +70,8 @@ def median_ms_interleaved(fns, *, device="cpu", warmup=2, repeat=7):
     times = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
-            times[k].append(median_ms(fn, device=device, warmup=0, repeat=1))
+            calls = [median_ms(fn, device=device, warmup=0, repeat=1) for _ in range(calls_per_round)]
+            times[k].append(statistics.median(calls))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
