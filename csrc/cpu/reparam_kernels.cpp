@@ -97,7 +97,7 @@ FK_ALWAYS_INLINE void sample_row(const S* __restrict mu, const S* __restrict lv,
       if constexpr (Cfg::prior) {
         lpb[j] = math::log_p_term(zj, static_cast<A>(mp[j]), static_cast<A>(lvp[j]));
       } else {
-        lpb[j] = A(-0.5) * zj * zj;
+        lpb[j] = math::log_std_normal_term(zj);
       }
     }
   }

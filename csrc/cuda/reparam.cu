@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
     const int count = N - i0 < 4 ? static_cast<int>(N - i0) : 4;
     const bool vec = vec_ok && count == 4;
     int64_t row[4];
-    C m[4], l[4], pm[4] = {}, plv[4] = {}, sd[4], g_mu[4], g_lv[4], g_pm[4], g_plv[4];
+    C m[4], l[4], pm[4] = {}, plv[4] = {}, sd[4], inv_vp[4], g_mu[4], g_lv[4], g_pm[4], g_plv[4];
     load4<T>(a.mu, i0, count, vec, m);
     load4<T>(a.logvar, i0, count, vec, l);
     if (vec) {
@@ -246,6 +246,8 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
     for (int q = 0; q < 4; ++q) {
       const int64_t r = row[q];
       sd[q] = math::gexp(C(0.5) * l[q]);
+      // exp(-lvp) for the log_p gradient below: once per element, not once per sample.
+      inv_vp[q] = a.grad_log_p != nullptr ? math::gexp(-plv[q]) : C(1);
       const C gk = load<T>(a.grad_kl, r);
       const math::KlGrad<C> kg = math::kl_normal_grad(m[q], l[q], pm[q], plv[q]);
       C lv_const = 0;  // d log_q / d lv = -1/2 per sample (log_q_term with eps fixed; mu cancels through z)
@@ -277,7 +279,7 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         C g = gz[q];
         if (a.grad_log_p != nullptr) {
           const C h = load<T>(a.grad_log_p, k * R + row[q]);
-          const math::LogPGrad<C> lg = math::log_p_term_grad(m[q] + sd[q] * e, pm[q], plv[q]);
+          const math::LogPGrad<C> lg = math::log_p_term_grad(m[q] + sd[q] * e, pm[q], inv_vp[q]);
           g += h * lg.z;
           g_pm[q] += h * lg.mp;
           g_plv[q] += h * lg.lvp;

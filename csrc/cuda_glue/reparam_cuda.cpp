@@ -36,14 +36,14 @@ void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t
 cudaStream_t current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 // The inputs both kernels read (the tensors must stay alive until the launch is enqueued).
-cuda::ReparamInputs reparam_inputs(cuda::Dtype dtype, const at::Tensor& mu, const at::Tensor& lv, bool has_prior,
-                                   const PriorRows& mp, const PriorRows& lvp, const at::Tensor& so, int64_t K) {
+cuda::ReparamInputs reparam_inputs(cuda::Dtype dtype, const at::Tensor& mu, const at::Tensor& lv, const PriorRows& mp,
+                                   const PriorRows& lvp, const at::Tensor& so, int64_t K) {
   cuda::ReparamInputs in{};
   in.dtype = dtype;
   in.mu = mu.data_ptr();
   in.logvar = lv.data_ptr();
-  in.prior_mu = has_prior ? mp.rows.data_ptr() : nullptr;
-  in.prior_logvar = has_prior ? lvp.rows.data_ptr() : nullptr;
+  in.prior_mu = mp.rows.defined() ? mp.rows.data_ptr() : nullptr;  // rows stay undefined without a prior
+  in.prior_logvar = lvp.rows.defined() ? lvp.rows.data_ptr() : nullptr;
   in.prior_mu_row_stride = mp.row_stride;
   in.prior_logvar_row_stride = lvp.row_stride;
   in.seed_offset = so.data_ptr<int64_t>();
@@ -65,7 +65,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
-  const bool has_prior = prior_mu.has_value();
   const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const at::Tensor so = seed_offset_on(seed_offset, mu);
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
@@ -77,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
   at::Tensor lp = log_prob ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
 
   cuda::ReparamForwardArgs a{};
-  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, has_prior, mp, lvp, so, K);
+  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K);
   a.z = ptr_or_null(z);
   a.kl = ptr_or_null(kl);
   a.log_q = log_prob ? ptr_or_null(lq) : nullptr;
@@ -123,7 +122,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   const at::Tensor so = seed_offset_on(seed_offset, mu);
 
   cuda::ReparamBackwardArgs a{};
-  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, has_prior, mp, lvp, so, K);
+  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K);
   a.grad_z = K > 0 ? ptr_or_null(gz) : nullptr;
   a.grad_kl = ptr_or_null(gkl);
   a.grad_log_q = glq.defined() ? ptr_or_null(glq) : nullptr;

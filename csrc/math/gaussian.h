@@ -53,16 +53,17 @@ FK_FN T log_std_normal_term(T z) {
   return T(-0.5) * z * z;
 }
 
-// Derivatives of log_p_term in z, mp and lvp (the standard normal prior: z = -z, the others unused).
+// Derivatives of log_p_term in z, mp and lvp (the standard normal prior: z = -z, the others unused), given
+// inv_vp = exp(-lvp): callers differentiating several samples of one coordinate compute it once.
 template <class T>
 struct LogPGrad {
   T z, mp, lvp;
 };
 
 template <class T>
-FK_FN LogPGrad<T> log_p_term_grad(T z, T mp, T lvp) {
+FK_FN LogPGrad<T> log_p_term_grad(T z, T mp, T inv_vp) {
   const T d = z - mp;
-  const T d_over_vp = d * gexp(-lvp);
+  const T d_over_vp = d * inv_vp;
   LogPGrad<T> g;
   g.z = -d_over_vp;
   g.mp = d_over_vp;
