@@ -28,7 +28,8 @@ def _want_cuda():
     return torch.version.cuda is not None and CUDA_HOME is not None
 
 
-# FUSED_KINGMA_SANITIZE=1 flags; .ci/sanitizer_selfcheck.sh reads these two lists (ast) to prove they catch bugs.
+# FUSED_KINGMA_SANITIZE=1 flags; the CI scripts read them through .ci/setup_flags.py (the self-check proves they
+# catch bugs; the CUDA emulation is built with them too).
 # -fno-wrapv: Python's CFLAGS carry -fwrapv, which makes signed overflow defined and so turns UBSan's
 # signed-integer-overflow check off; the CUDA kernels share this math and have no such flag.
 SANITIZE_CXX_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",

@@ -19,7 +19,9 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 # The CPU emulation of the CUDA kernels (tests/test_cuda_emulated.py) is built with the sanitizers too: out of
 # bounds accesses of the kernels' index math then fail here, as compute-sanitizer memcheck would on a GPU.
-export CUDA_EMU_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+# Same flags as the extension (setup.py's SANITIZE_CXX_FLAGS).
+CUDA_EMU_CFLAGS="$("$PY" .ci/setup_flags.py SANITIZE_CXX_FLAGS)"
+export CUDA_EMU_CFLAGS
 # Tests import the package from $PKG, never the in-place one (checked below).
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -c \
   "import fused_kingma._ops, fused_kingma, sys; assert fused_kingma.__file__.startswith('$PWD/$PKG'), fused_kingma.__file__; print('asan build:', fused_kingma.__file__)"

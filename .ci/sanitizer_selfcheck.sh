@@ -10,14 +10,8 @@ PY=${PYTHON:-.venv/bin/python}
 OUT=${SELFCHECK_DIR:-build/sanitizer-selfcheck}
 mkdir -p "$OUT"
 read -r -a CFLAGS <<<"$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('CFLAGS'), sysconfig.get_config_var('CCSHARED'))")"
-setup_flags() {  # the list assigned to $1 in setup.py, space-separated
-  "$PY" -c "import ast, sys
-for n in ast.parse(open('setup.py').read()).body:
-    if isinstance(n, ast.Assign) and any(getattr(t, 'id', None) == sys.argv[1] for t in n.targets):
-        print(' '.join(ast.literal_eval(n.value)))" "$1"
-}
-read -r -a SAN_CXX <<<"$(setup_flags SANITIZE_CXX_FLAGS)"
-read -r -a SAN_LINK <<<"$(setup_flags SANITIZE_LINK_FLAGS)"
+read -r -a SAN_CXX <<<"$("$PY" .ci/setup_flags.py SANITIZE_CXX_FLAGS)"
+read -r -a SAN_LINK <<<"$("$PY" .ci/setup_flags.py SANITIZE_LINK_FLAGS)"
 # Compiled and linked in two steps, as the extension is: each list only where setup.py uses it.
 g++ "${CFLAGS[@]}" -O3 "${SAN_CXX[@]}" -c .ci/sanitizer_canary/canary.cpp -o "$OUT/canary.o"
 g++ -shared "$OUT/canary.o" "${SAN_LINK[@]}" -o "$OUT/canary.so"
