@@ -1,4 +1,4 @@
-// math::philox4x32_10 for 16 consecutive blocks at once, written with AVX-512 intrinsics.
+// math::philox4x32_10 for 16 or 32 consecutive blocks at once, written with AVX-512 intrinsics.
 //
 // Why intrinsics: auto-vectorizing the scalar rounds, GCC widens the 32-bit words to 64-bit lanes and
 // multiplies with vpmullq (64x64), several times the work of the 32x32->64 vpmuludq Philox needs.
