@@ -103,6 +103,18 @@ FK_ALWAYS_INLINE void sample_row(const S* __restrict mu, const S* __restrict lv,
   }
 }
 
+// Whether rows of S pass through float copies around the sample loop. For a 2-byte S, GCC vectorizes
+// sample_row 32 elements at a time (one register of S): two registers of floats per temporary, and the exp
+// temporaries spill. Widening the inputs and narrowing z in loops of their own lets the sample loop run
+// on floats, 16 at a time: 10-15% faster for bf16 on this project's AVX-512 host.
+template <class S>
+constexpr bool kWidenRows = sizeof(S) < sizeof(float);
+
+template <class Src, class Dst>
+FK_ALWAYS_INLINE void convert_row(const Src* __restrict in, Dst* __restrict out, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<Dst>(in[j]);
+}
+
 template <class Isa, class Cfg>
 FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t hi) {
   using S = typename Cfg::scalar_t;
@@ -120,6 +132,7 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
   A* __restrict klb = kl_buf.data();
   A* __restrict lqb = lq_buf.data();
   A* __restrict lpb = lp_buf.data();
+  std::vector<float> wide(kWidenRows<S> ? (Cfg::prior ? 5 : 3) * D : 0);  // mu, lv, z (, mp, lvp) as floats
   const A log_norm = -static_cast<A>(math::kHalfLog2Pi) * static_cast<A>(D);
   for (int64_t t = lo; t < hi; ++t) {  // t = k * R + r when sampling, r otherwise
     const int64_t r = a.K > 0 ? t % R : t;
@@ -147,10 +160,30 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
       }
       const float* __restrict eps = tile_eps + (t - tile_begin) * D;
       S* __restrict z = static_cast<S*>(a.z) + t * D;
-      if (first_sample) {
-        sample_row<Cfg, true>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
+      // z of the row, and its KL terms with the first sample, from rows of T (S, or float copies of S).
+      const auto sample = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t, auto* z_t) {
+        if (first_sample) {
+          sample_row<Cfg, true>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
+        } else {
+          sample_row<Cfg, false>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
+        }
+      };
+      if constexpr (kWidenRows<S>) {
+        float* __restrict mu_f = wide.data();
+        float* __restrict lv_f = mu_f + D;
+        float* __restrict z_f = lv_f + D;
+        float* __restrict mp_f = Cfg::prior ? z_f + D : nullptr;
+        float* __restrict lvp_f = Cfg::prior ? z_f + 2 * D : nullptr;
+        convert_row(mu, mu_f, D);
+        convert_row(lv, lv_f, D);
+        if constexpr (Cfg::prior) {
+          convert_row(mp, mp_f, D);
+          convert_row(lvp, lvp_f, D);
+        }
+        sample(mu_f, lv_f, mp_f, lvp_f, z_f);
+        convert_row(z_f, z, D);
       } else {
-        sample_row<Cfg, false>(mu, lv, mp, lvp, eps, z, klb, lqb, lpb, D);
+        sample(mu, lv, mp, lvp, z);
       }
       if constexpr (Cfg::log_prob) {
         static_cast<S*>(a.lq)[t] = static_cast<S>(row_sum(lqb, D) + log_norm);
