@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/output_cache.h"
 
 TORCH_LIBRARY(fused_kingma, m) {
   // ---- Adam family (csrc/cpu/adam_cpu.cpp) ----
@@ -58,4 +59,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The CPU instruction set fused_kingma's kernels use now.");
   m.def("set_isa", [](const std::string& name) { return std::string(isa_name(set_active_isa(isa_from_name(name)))); },
         "Force 'avx512', 'avx2' or 'baseline' (clamped to what the CPU supports); returns the one now active.");
+  m.def("empty_cpu_cache", &empty_output_cache, "Free the cached CPU output blocks (see csrc/cpu/output_cache.h).");
+  m.def("set_cpu_cache_limit", &set_output_cache_limit, "Set the CPU output cache's byte limit; returns the old one.");
+  m.def("cpu_cache_info", []() {
+        const OutputCacheStats s = output_cache_stats();
+        pybind11::dict d;
+        d["cached_bytes"] = s.cached_bytes;
+        d["cached_blocks"] = s.cached_blocks;
+        d["hits"] = s.hits;
+        d["misses"] = s.misses;
+        d["limit_bytes"] = s.limit_bytes;
+        return d;
+      },
+        "Bytes and blocks the CPU output cache holds, its hits and misses so far, and its limit.");
 }

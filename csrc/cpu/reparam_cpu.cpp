@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include "huge_pages.h"
+#include "output_cache.h"
 #include "reparam_glue.h"
 #include "reparam_kernels.h"
 
@@ -29,11 +29,10 @@ std::pair<uint64_t, uint64_t> read_seed_offset(const at::Tensor& so) {
   return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
 }
 
-// A large output the kernel writes whole: huge pages make its first touch cheap (see huge_pages.h).
+// An output the kernel writes whole, from the cache of freed output blocks (see output_cache.h), which also
+// advises huge pages on fresh large blocks.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  advise_huge_pages(t.data_ptr(), t.nbytes());
-  return t;
+  return empty_cached_output(sizes, options);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at::Tensor& mu_in, const at::Tensor& lv_in,
