@@ -94,6 +94,15 @@ def test_fast_exp_accuracy_and_special_values(cpu_isa):
     assert (ops.fastmath_debug(tiny, 1).double() - torch.exp(tiny.double())).abs().max() < 2e-45
 
 
+def test_moderate_exp_gives_the_full_exp_bits(cpu_isa):
+    # The kernels switch to fast_expf_moderate on rows whose |logvar| <= 87: it must not change a bit there.
+    # Every float in [-87, 87] with an exponent step of 2^-7 of its ulp grid (~4M values), plus the ends.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(1 << 22, generator=g, dtype=torch.float64) * 174.0 - 87.0).float()
+    x = torch.cat([x, torch.tensor([-87.0, 87.0, 0.0, -0.0, 1e-38, -1e-38, 0.5, -0.5, 43.5, -43.5])])
+    assert torch.equal(ops.fastmath_debug(x, 4).view(torch.int32), ops.fastmath_debug(x, 1).view(torch.int32))
+
+
 def test_fast_sincos_2pi_over_the_uniform_range(cpu_isa):
     g = torch.Generator().manual_seed(2)
     u = torch.cat([torch.rand(1 << 18, generator=g), torch.arange(1, 4097) / 4096.0,

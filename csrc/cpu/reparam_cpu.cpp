@@ -140,7 +140,7 @@ at::Tensor philox_debug(int64_t seed, int64_t offset, int64_t first_block, int64
 }
 
 at::Tensor fastmath_debug(const at::Tensor& x, int64_t fn) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && fn >= 0 && fn <= 3, "fastmath_debug: float32 x, fn 0..3");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && fn >= 0 && fn <= 4, "fastmath_debug: float32 x, fn 0..4");
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty_like(xc);
   fastmath_debug_cpu(xc.data_ptr<float>(), y.data_ptr<float>(), xc.numel(), static_cast<int>(fn));

@@ -37,7 +37,8 @@ void reparam_backward_cpu(const ReparamBwdArgs& a);
 // Debug/test helpers: raw Philox words (kind 0, as uint32 in int64), uniforms (1) or normals (2) of
 // blocks first_block .. first_block + nblocks - 1, written as 4 * nblocks values; float or int64 out.
 void philox_debug_cpu(uint64_t seed, uint64_t offset, uint64_t first_block, int64_t nblocks, int kind, void* out);
-// fn: 0 fast_logf, 1 fast_expf, 2 sin(2 pi x), 3 cos(2 pi x), elementwise on float32.
+// fn: 0 fast_logf, 1 fast_expf, 2 sin(2 pi x), 3 cos(2 pi x), 4 fast_expf_moderate (|x| <= 87 only),
+// elementwise on float32.
 void fastmath_debug_cpu(const float* x, float* y, int64_t n, int fn);
 
 }  // namespace fused_kingma::cpu

@@ -64,6 +64,27 @@ FK_FN float fast_logf(float x) {
   return (m + y) + 0.693359375f * fe;
 }
 
+// exp(x) = p * 2^k for finite |x| <= 104: k = round(x / ln 2) and p = exp(x - k ln 2) in [0.7, 1.5].
+struct ExpParts {
+  float p;
+  int k;
+};
+FK_FN ExpParts exp_parts(float x) {
+  // k = round(x / ln 2), also read as an integer from the low mantissa bits of x / ln 2 + 1.5 * 2^23.
+  const float magic = 12582912.0f;
+  const float kb = x * 1.44269504088896341f + magic;
+  const float k = kb - magic;
+  const int ki = static_cast<int>(float_bits(kb) - float_bits(magic));
+  float r = x - k * 0.693359375f;  // Cody-Waite: ln 2 = 0.693359375 - 2.12194440e-4
+  r = r + k * 2.12194440e-4f;
+  // The polynomial in Estrin form, as in fast_logf: a short multiply-add chain.
+  const float r2 = r * r;
+  const float q01 = 1.6666665459e-1f * r + 5.0000001201e-1f;
+  const float q23 = 8.3334519073e-3f * r + 4.1665795894e-2f;
+  const float q45 = 1.9875691500e-4f * r + 1.3981999507e-3f;
+  return {((q45 * r2 + q23) * r2 + q01) * r2 + r + 1.0f, ki};
+}
+
 // exp(x) for all float x: overflow -> inf, far underflow -> 0, NaN -> NaN.
 FK_FN float fast_expf(float x) {
   // Clamp to [-104, 89] on the bit pattern: as unsigned, negative floats order by magnitude above every
@@ -73,27 +94,25 @@ FK_FN float fast_expf(float x) {
   const uint32_t lo_capped = ux < 0xC2D00000u ? ux : 0xC2D00000u;  // bits of -104.0f
   const int32_t both_capped = static_cast<int32_t>(lo_capped) < 0x42B20000 ? static_cast<int32_t>(lo_capped)
                                                                            : 0x42B20000;  // bits of 89.0f
-  const float xc = bits_float(static_cast<uint32_t>(both_capped));
-  // k = round(xc / ln 2), also read as an integer from the low mantissa bits of xc / ln 2 + 1.5 * 2^23.
-  const float magic = 12582912.0f;
-  const float kb = xc * 1.44269504088896341f + magic;
-  const float k = kb - magic;
-  const int ki = static_cast<int>(float_bits(kb) - float_bits(magic));
-  float r = xc - k * 0.693359375f;  // Cody-Waite: ln 2 = 0.693359375 - 2.12194440e-4
-  r = r + k * 2.12194440e-4f;
-  // The polynomial in Estrin form, as in fast_logf: a short multiply-add chain.
-  const float r2 = r * r;
-  const float q01 = 1.6666665459e-1f * r + 5.0000001201e-1f;
-  const float q23 = 8.3334519073e-3f * r + 4.1665795894e-2f;
-  const float q45 = 1.9875691500e-4f * r + 1.3981999507e-3f;
-  const float p = ((q45 * r2 + q23) * r2 + q01) * r2 + r + 1.0f;
+  const ExpParts e = exp_parts(bits_float(static_cast<uint32_t>(both_capped)));
   // 2^k as two normal-range factors so k in [-150, 129] needs no special case.
-  const int k1 = ki >> 1, k2 = ki - k1;
+  const int k1 = e.k >> 1, k2 = e.k - k1;
   const float s1 = bits_float(static_cast<uint32_t>(k1 + 127) << 23);
   const float s2 = bits_float(static_cast<uint32_t>(k2 + 127) << 23);
-  const float res = p * s1 * s2;
+  const float res = e.p * s1 * s2;
   const uint32_t nan = 0u - static_cast<uint32_t>(x != x);  // the clamp turned NaN into a bound: restore it
   return bits_float((float_bits(res) & ~nan) | (ux & nan));
+}
+
+// Arguments fast_expf_moderate takes: |x| <= 87, i.e. the bit pattern of |x| at most this (NaN and inf above).
+constexpr uint32_t kExpModerateMaxBits = 0x42AE0000u;  // bits of 87.0f
+
+// fast_expf for |x| <= 87 only, with the same bits: the result is a normal float there, so 2^k goes straight
+// into the exponent field. About 40% fewer instructions (no clamp, no two-factor scaling, no NaN restore);
+// the CPU kernels use it for rows they have checked (see exp_args_moderate).
+FK_FN float fast_expf_moderate(float x) {
+  const ExpParts e = exp_parts(x);
+  return bits_float(float_bits(e.p) + (static_cast<uint32_t>(e.k) << 23));
 }
 
 // sin(2 pi u) and cos(2 pi u) for finite u with |u| < 2^20 (the uniforms are in (0, 1]).
