@@ -40,14 +40,13 @@ FK_FN float round_nearest(float x) {
 
 // Natural log for finite x > 0 in the normal range (the uniforms are in [2^-33, 1]).
 FK_FN float fast_logf(float x) {
+  // x = 2^e * (1 + m) with 1 + m in [sqrt(1/2), sqrt(2)): subtracting the bits of sqrt(1/2) moves the exponent's
+  // boundary there, so e is one arithmetic shift and the mantissa one subtraction, with no compare or select.
+  // (m, e) are exactly those of splitting at [0.5, 1) and doubling below sqrt(1/2), bit for bit on all uniforms.
   const uint32_t ix = float_bits(x);
-  int e = static_cast<int>((ix >> 23) & 0xffu) - 126;           // x = m * 2^e, m in [0.5, 1)
-  float m = bits_float((ix & 0x007fffffu) | 0x3f000000u);
-  // m < sqrt(1/2): use 2m and e - 1, so m - 1 lands in [sqrt(.5)-1, sqrt(2)-1). Written with a bit mask
-  // instead of a select: GCC's if-conversion gives up on the select for AVX2.
-  const uint32_t small = m < 0.70710678118654752f ? 1u : 0u;
-  e -= static_cast<int>(small);
-  m = (m + bits_float(float_bits(m) & (0u - small))) - 1.0f;
+  const uint32_t shifted = ix - 0x3f3504f3u;  // bits of sqrt(1/2)
+  const int e = static_cast<int32_t>(shifted) >> 23;
+  const float m = bits_float(ix - (shifted & 0xff800000u)) - 1.0f;
   const float z = m * m;
   // The polynomial in Estrin form (pairs, then powers of z): a 4-deep chain of multiply-adds instead of
   // Horner's 9. The loops that call this are bound by that chain's latency, not by arithmetic throughput.
