@@ -208,13 +208,14 @@ def test_non_finite_values_propagate():
     assert torch.isnan(z[0, 1]) and torch.isnan(kl[0]) and z[0, 2] == 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16 rows are checked while widened
 @pytest.mark.parametrize("with_prior", [False, True])
-def test_rows_with_extreme_logvar_take_the_full_range_exp(with_prior):
+def test_rows_with_extreme_logvar_take_the_full_range_exp(dtype, with_prior):
     # Rows whose |logvar| (or |prior logvar|) <= 87 use a shorter exp with the same bits; any other value sends
     # its row to the full one: overflow to inf, subnormal standard deviations, inf and nan must come out as in
     # the reference, next to ordinary rows.
     D = 40  # 2 vectors of 16 and a tail
-    mu, lv = _inputs((6, D), torch.float32, seed=21)
+    mu, lv = _inputs((6, D), dtype, seed=21)
     lv[1, 3] = 150.0  # exp(lv / 2) ~ 4e32: finite z, kl overflows to inf
     lv[2, 39] = -200.0  # exp(lv / 2) ~ 4e-44: subnormal
     lv[3, 0] = 87.5  # just past the moderate range
@@ -222,13 +223,14 @@ def test_rows_with_extreme_logvar_take_the_full_range_exp(with_prior):
     lv[5, 5] = float("nan")
     prior = None
     if with_prior:
-        pm, plv = _inputs((6, D), torch.float32, seed=22)
+        pm, plv = _inputs((6, D), dtype, seed=22)
         plv[0, 7] = -95.0  # exp(-prior logvar) overflows in the KL of an otherwise ordinary row
         prior = (pm, plv)
     z, kl = fk.reparameterize(mu, lv, prior=prior, seed=9, offset=3)
     ref_z, ref_kl = _reference(mu, lv, 9, 3, prior=prior)[:2]
-    torch.testing.assert_close(z, ref_z.float(), rtol=2e-5, atol=2e-5, equal_nan=True)
-    torch.testing.assert_close(kl, ref_kl.float(), rtol=2e-5, atol=2e-5, equal_nan=True)
+    tol = dict(TOL[dtype], equal_nan=True)
+    torch.testing.assert_close(z.float(), ref_z.to(dtype).float(), **tol)
+    torch.testing.assert_close(kl.float(), ref_kl.to(dtype).float(), **tol)
     assert torch.isinf(kl[1]) and torch.isnan(kl[5]) and z[2, 39] == mu[2, 39]
     # Backward through the finite rows (0-3): the same routing decides the backward's exp.
     leaves = [mu[:4].clone().requires_grad_(), lv[:4].clone().requires_grad_()]
@@ -239,7 +241,7 @@ def test_rows_with_extreme_logvar_take_the_full_range_exp(with_prior):
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     ref = R.reparameterize_reference(leaves64[0], leaves64[1], _eps(9, 3, (4, D)), prior=tuple(leaves64[2:]) or None)
     for got, exp in zip(grads, torch.autograd.grad(ref[0].sum() + ref[1].sum(), leaves64)):
-        torch.testing.assert_close(got, exp.float(), rtol=2e-5, atol=2e-5, equal_nan=True)
+        torch.testing.assert_close(got.float(), exp.to(dtype).float(), **tol)
 
 
 def test_opcheck():

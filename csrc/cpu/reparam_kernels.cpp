@@ -142,6 +142,18 @@ FK_ALWAYS_INLINE void convert_row(const Src* __restrict in, Dst* __restrict out,
   for (int64_t j = 0; j < n; ++j) out[j] = static_cast<Dst>(in[j]);
 }
 
+// convert_row to float and exp_args_moderate of the result, in one pass.
+template <class S>
+FK_ALWAYS_INLINE bool widen_row_exp_args_moderate(const S* __restrict in, float* __restrict out, int64_t n) {
+  uint32_t max_abs = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = static_cast<float>(in[j]);
+    const uint32_t u = math::float_bits(out[j]) & 0x7fffffffu;
+    max_abs = max_abs > u ? max_abs : u;
+  }
+  return max_abs <= math::kExpModerateMaxBits;
+}
+
 template <class Isa, class Cfg>
 FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t hi) {
   using S = typename Cfg::scalar_t;
@@ -188,8 +200,8 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
       const float* __restrict eps = tile_eps + (t - tile_begin) * D;
       S* __restrict z = static_cast<S*>(a.z) + t * D;
       // z of the row, and its KL terms with the first sample, from rows of T (S, or float copies of S).
-      const auto sample = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t, auto* z_t) {
-        const bool moderate = exp_args_moderate(lv_t, D) && (!Cfg::prior || exp_args_moderate(lvp_t, D));
+      const auto sample = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t, auto* z_t,
+                              bool moderate) {
         if (first_sample) {
           if (moderate) sample_row<Cfg, true, true>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
           else sample_row<Cfg, true, false>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
@@ -205,15 +217,15 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
         float* __restrict mp_f = Cfg::prior ? z_f + D : nullptr;
         float* __restrict lvp_f = Cfg::prior ? z_f + 2 * D : nullptr;
         convert_row(mu, mu_f, D);
-        convert_row(lv, lv_f, D);
+        bool moderate = widen_row_exp_args_moderate(lv, lv_f, D);
         if constexpr (Cfg::prior) {
           convert_row(mp, mp_f, D);
-          convert_row(lvp, lvp_f, D);
+          moderate = widen_row_exp_args_moderate(lvp, lvp_f, D) && moderate;
         }
-        sample(mu_f, lv_f, mp_f, lvp_f, z_f);
+        sample(mu_f, lv_f, mp_f, lvp_f, z_f, moderate);
         convert_row(z_f, z, D);
       } else {
-        sample(mu, lv, mp, lvp, z);
+        sample(mu, lv, mp, lvp, z, exp_args_moderate(lv, D) && (!Cfg::prior || exp_args_moderate(lvp, D)));
       }
       if constexpr (Cfg::log_prob) {
         static_cast<S*>(a.lq)[t] = static_cast<S>(row_sum(lqb, D) + log_norm);
