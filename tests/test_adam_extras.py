@@ -221,7 +221,7 @@ def test_ema_of_low_precision_params_is_an_fp32_average(dtype):
 
 
 def test_stochastic_rounding_same_bits_on_every_isa():
-    """The rounding noise is Philox by element index on every CPU path (the AVX-512 one uses intrinsics):
+    """The rounding noise is Philox by element index on every CPU path (AVX-512 and AVX2 use intrinsics):
     odd sizes and offsets into the 16-block groups included."""
     before = fk.cpu_isa()
     outs = {}

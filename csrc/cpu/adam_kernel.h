@@ -9,7 +9,7 @@
 #include "math/float16.h"
 #include "isa.h"
 #include "math/philox.h"
-#include "philox_avx512.h"
+#include "philox_simd.h"
 
 namespace fused_kingma::cpu::adam {
 
@@ -141,13 +141,17 @@ struct BitsNoise {
   FK_INLINE uint32_t operator()(int64_t i) const { return bits[i - base]; }
 };
 
-// Philox words of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (n + 15 words of room): AVX-512 intrinsics when
-// that ISA is active (the Variant does not carry the ISA; one check per piece of 2048 elements).
+// Philox words of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (n + 15 words of room): AVX-512 or AVX2 intrinsics
+// when that ISA is active (the Variant does not carry the ISA; one check per piece of 2048 elements).
 template <int64_t kRoom>
 FK_INLINE void philox_words_of(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t (*w)[kRoom]) {
-#if defined(FK_HAVE_PHILOX_AVX512)
+#if defined(FK_HAVE_PHILOX_SIMD)
   if (active_isa() == Isa::Avx512) {
     philox_words_avx512(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
+    return;
+  }
+  if (active_isa() == Isa::Avx2) {
+    philox_words_avx2(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
     return;
   }
 #endif

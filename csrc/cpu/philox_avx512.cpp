@@ -1,7 +1,7 @@
-// AVX-512 Philox4x32-10 over groups of 16 or 32 blocks (see philox_avx512.h for why intrinsics).
-#include "philox_avx512.h"
+// AVX-512 Philox4x32-10 over groups of 16 or 32 blocks (see philox_simd.h for why intrinsics).
+#include "philox_simd.h"
 
-#if defined(FK_HAVE_PHILOX_AVX512)
+#if defined(FK_HAVE_PHILOX_SIMD)
 // GCC 12 warns inside its own intrinsic headers (_mm512_undefined_epi32 feeds the masked builtins).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
@@ -81,4 +81,4 @@ FK_TARGET_AVX512 void philox_words_avx512(uint64_t seed, uint64_t offset, uint64
 
 }  // namespace fused_kingma::cpu
 
-#endif  // FK_HAVE_PHILOX_AVX512
+#endif  // FK_HAVE_PHILOX_SIMD

@@ -1,5 +1,5 @@
 // The noise of a flat index range [start, start + n): Philox words of a chunk of blocks first (SoA,
-// AVX-512 intrinsics where available), then Box-Muller over them, auto-vectorized, into a buffer the
+// AVX-512 or AVX2 intrinsics where available), then Box-Muller over them, auto-vectorized, into a buffer the
 // kernels read in element order.
 #pragma once
 
@@ -10,12 +10,12 @@
 #include "isa.h"
 #include "math/normal.h"
 #include "math/philox.h"
-#include "philox_avx512.h"
+#include "philox_simd.h"
 
 namespace fused_kingma::cpu {
 
 // math::philox4x32_10 written with one 32x32->64 widening multiply per product (lo and hi from the same
-// product): the same words, and the form the AVX2 and baseline copies vectorize best.
+// product): the same words, and the form the baseline copy vectorizes best.
 static inline __attribute__((always_inline)) math::Philox4x32 philox_rounds_widening(uint32_t c0, uint32_t c1,
                                                                                       uint32_t c2, uint32_t c3,
                                                                                       uint32_t k0, uint32_t k1) {
@@ -43,9 +43,13 @@ constexpr int64_t kNoiseChunkBlocks = 64;
 template <class Isa>
 static inline __attribute__((always_inline)) void philox_words(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n,
                                                                uint32_t (*__restrict w)[kNoiseChunkBlocks]) {
-#if defined(FK_HAVE_PHILOX_AVX512)
+#if defined(FK_HAVE_PHILOX_SIMD)
   if constexpr (std::is_same_v<Isa, IsaAvx512>) {
     philox_words_avx512(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
+    return;
+  }
+  if constexpr (std::is_same_v<Isa, IsaAvx2>) {
+    philox_words_avx2(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
     return;
   }
 #endif

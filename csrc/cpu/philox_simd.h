@@ -1,4 +1,4 @@
-// math::philox4x32_10 for 16 or 32 consecutive blocks at once, written with AVX-512 intrinsics.
+// math::philox4x32_10 for many consecutive blocks at once, written with AVX-512 or AVX2 intrinsics.
 //
 // Why intrinsics: auto-vectorizing the scalar rounds, GCC widens the 32-bit words to 64-bit lanes and
 // multiplies with vpmullq (64x64), several times the work of the 32x32->64 vpmuludq Philox needs.
@@ -14,12 +14,15 @@
 namespace fused_kingma::cpu {
 
 #if defined(__x86_64__) || defined(_M_X64)
-#define FK_HAVE_PHILOX_AVX512 1
+#define FK_HAVE_PHILOX_SIMD 1
 // Words v[m] of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (SoA) for (seed, offset). Fills whole groups of
-// 16 blocks, so each w[m] must have room for n rounded up to a multiple of 16. Needs AVX-512 (F, DQ, BW, VL);
-// a function of its own (not inlined) so it can carry that target while its callers are ISA templates.
+// 16 blocks (AVX-512) or 8 (AVX2), so each w[m] must have room for n rounded up to a multiple of 16. Each
+// needs its ISA (AVX-512: F, DQ, BW, VL); functions of their own (not inlined) so they can carry that target
+// while their callers are ISA templates.
 void philox_words_avx512(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t* __restrict w0,
                          uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3);
+void philox_words_avx2(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t* __restrict w0,
+                       uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3);
 #endif
 
 }  // namespace fused_kingma::cpu
