@@ -27,6 +27,7 @@ LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -c \
   "import fused_kingma._ops, fused_kingma, sys; assert fused_kingma.__file__.startswith('$PWD/$PKG'), fused_kingma.__file__; print('asan build:', fused_kingma.__file__)"
 LD_PRELOAD="$ASAN_LIB $UBSAN_LIB" PYTHONPATH="$PWD/$PKG" "$PY" -P -m pytest -q -x -p no:cacheprovider \
   --rootdir=. ${SANITIZE_TESTS:-tests/test_adam.py tests/test_adam_extras.py tests/test_reparam.py tests/test_philox.py \
-  tests/test_cuda_emulated.py tests/test_bad_input.py tests/test_properties.py tests/test_reliability.py} \
+  tests/test_cuda_emulated.py tests/test_bad_input.py tests/test_properties.py tests/test_reliability.py \
+  tests/test_output_cache.py} \
   -k "${SANITIZE_K:-not slow}"
 echo "sanitize: OK ($SO)"
