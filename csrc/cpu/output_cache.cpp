@@ -45,9 +45,10 @@ class OutputCache final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t n) override {
-    if (n < kMinBytes || limit() == 0) return c10::GetCPUAllocator()->allocate(n);
+    if (n < kMinBytes) return c10::GetCPUAllocator()->allocate(n);
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      if (limit_ == 0) return c10::GetCPUAllocator()->allocate(n);  // the cache is off
       for (auto it = free_.begin(); it != free_.end(); ++it) {
         if ((*it)->bytes != n) continue;
         Header* h = *it;
@@ -99,11 +100,6 @@ class OutputCache final : public c10::Allocator {
 
  private:
   OutputCache() : limit_(limit_from_env()) {}
-
-  int64_t limit() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return limit_;
-  }
 
   static void* data_of(Header* h) { return reinterpret_cast<char*>(h) + kHeader; }
 
