@@ -232,6 +232,8 @@ def test_rows_with_extreme_logvar_take_the_full_range_exp(dtype, with_prior):
     torch.testing.assert_close(z.float(), ref_z.to(dtype).float(), **tol)
     torch.testing.assert_close(kl.float(), ref_kl.to(dtype).float(), **tol)
     assert torch.isinf(kl[1]) and torch.isnan(kl[5]) and z[2, 39] == mu[2, 39]
+    # gaussian_kl routes its rows the same way (with its own formula: exp(lv) rather than sd * sd).
+    torch.testing.assert_close(fk.gaussian_kl(mu, lv, prior).float(), ref_kl.to(dtype).float(), **tol)
     # Backward through the finite rows (0-3): the same routing decides the backward's exp.
     leaves = [mu[:4].clone().requires_grad_(), lv[:4].clone().requires_grad_()]
     if with_prior:

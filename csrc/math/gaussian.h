@@ -21,17 +21,26 @@ FK_FN T reparam_sample(T mu, T lv, T eps) {
   return mu + gexp(T(0.5) * lv) * eps;
 }
 
+// The exp of the KL terms below: gexp, unless the caller passes another with the same values (the CPU
+// kernels pass fast_expf_moderate for rows whose arguments they checked).
+struct GExp {
+  template <class T>
+  FK_FN T operator()(T x) const {
+    return gexp(x);
+  }
+};
+
 // KL(N(mu, e^lv) || N(0, 1)) for one coordinate.
-template <class T>
-FK_FN T kl_std_normal(T mu, T lv) {
-  return T(0.5) * (gexp(lv) + mu * mu - T(1) - lv);
+template <class T, class Exp = GExp>
+FK_FN T kl_std_normal(T mu, T lv, Exp exp_of = Exp{}) {
+  return T(0.5) * (exp_of(lv) + mu * mu - T(1) - lv);
 }
 
 // KL(N(mu, e^lv) || N(mp, e^lvp)) for one coordinate.
-template <class T>
-FK_FN T kl_normal(T mu, T lv, T mp, T lvp) {
+template <class T, class Exp = GExp>
+FK_FN T kl_normal(T mu, T lv, T mp, T lvp, Exp exp_of = Exp{}) {
   const T d = mu - mp;
-  return T(0.5) * ((gexp(lv) + d * d) * gexp(-lvp) - T(1) + lvp - lv);
+  return T(0.5) * ((exp_of(lv) + d * d) * exp_of(-lvp) - T(1) + lvp - lv);
 }
 
 // log N(z; mu, e^lv) written through eps = (z - mu) / e^(lv/2), without the -0.5 ln(2 pi) constant.
