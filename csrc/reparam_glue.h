@@ -19,6 +19,17 @@ inline void check_like_mu(const at::Tensor& t, const at::Tensor& mu, const char*
   TORCH_CHECK(t.device() == mu.device(), name, " must be on mu's device ", mu.device(), ", got ", t.device());
 }
 
+// What reparam_fwd and reparam_bwd need of their inputs on every backend, checked before anything is read
+// (the Python layer checks first, with its own words; this guards direct torch.ops calls).
+inline void check_reparam_args(const at::Tensor& mu, const at::Tensor& lv, const std::optional<at::Tensor>& prior_mu,
+                               const std::optional<at::Tensor>& prior_logvar, int64_t num_samples) {
+  TORCH_CHECK(mu.dim() >= 1, "mu must have at least one dimension");
+  TORCH_CHECK(mu.sizes() == lv.sizes(), "logvar must have mu's shape");
+  TORCH_CHECK(num_samples >= 0, "num_samples must be >= 0");
+  TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "prior needs both mean and logvar");
+  check_like_mu(lv, mu, "logvar");
+}
+
 // The prior as rows the kernels read through a row stride: a prior shared by every row (shape (D,) or
 // (1, ..., 1, D), the common case) is read in place with stride 0 instead of being expanded to mu's size;
 // a prior already of mu's layout is read as is; any other broadcast is expanded and made contiguous.

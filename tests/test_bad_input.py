@@ -266,3 +266,30 @@ def test_bad_reparam_input_is_refused_before_any_randomness_is_used(name, call, 
     with pytest.raises(exc, match=_escape(msg)):
         call()
     assert torch.equal(before, torch.random.get_rng_state())
+
+
+# Direct torch.ops calls skip the Python checks: the native ops check the same things themselves (one shared
+# check, csrc/reparam_glue.h), forward and backward alike. Before it, the CPU backward dereferenced a missing
+# prior logvar and ran with a negative num_samples.
+_SO = torch.tensor([1, 2])
+_GZ, _GKL = torch.zeros(3, 4), torch.zeros(3)
+BAD_NATIVE_REPARAM = [
+    ("fwd negative samples", lambda: fk._ops.ops.reparam_fwd(MU, MU, None, None, _SO, -1, False),
+     "num_samples must be >= 0"),
+    ("bwd negative samples", lambda: fk._ops.ops.reparam_bwd(_GZ, _GKL, None, None, MU, MU, None, None, _SO, -1),
+     "num_samples must be >= 0"),
+    ("fwd half prior", lambda: fk._ops.ops.reparam_fwd(MU, MU, torch.zeros(4), None, _SO, 1, False),
+     "prior needs both mean and logvar"),
+    ("bwd half prior", lambda: fk._ops.ops.reparam_bwd(_GZ, _GKL, None, None, MU, MU, torch.zeros(4), None, _SO, 1),
+     "prior needs both mean and logvar"),
+    ("bwd logvar shape", lambda: fk._ops.ops.reparam_bwd(_GZ, _GKL, None, None, MU, MU[:, :3], None, None, _SO, 1),
+     "logvar must have mu's shape"),
+    ("bwd mu 0-dim", lambda: fk._ops.ops.reparam_bwd(_GZ, _GKL, None, None, MU[0, 0], MU[0, 0], None, None, _SO, 1),
+     "mu must have at least one dimension"),
+]
+
+
+@pytest.mark.parametrize("name,call,msg", BAD_NATIVE_REPARAM, ids=[b[0] for b in BAD_NATIVE_REPARAM])
+def test_native_reparam_ops_check_their_arguments(name, call, msg):
+    with pytest.raises(RuntimeError, match=_escape(msg)):
+        call()

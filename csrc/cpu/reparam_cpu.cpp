@@ -29,35 +29,24 @@ std::pair<uint64_t, uint64_t> read_seed_offset(const at::Tensor& so) {
   return {static_cast<uint64_t>(p[0]), static_cast<uint64_t>(p[1])};
 }
 
-// An output the kernel writes whole, from the cache of freed output blocks (see output_cache.h), which also
-// advises huge pages on fresh large blocks.
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return empty_cached_output(sizes, options);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at::Tensor& mu_in, const at::Tensor& lv_in,
                                                                       const c10::optional<at::Tensor>& prior_mu,
                                                                       const c10::optional<at::Tensor>& prior_logvar,
                                                                       const at::Tensor& seed_offset,
                                                                       int64_t num_samples, bool with_log_prob) {
-  TORCH_CHECK(mu_in.dim() >= 1, "mu must have at least one dimension");
-  TORCH_CHECK(mu_in.sizes() == lv_in.sizes(), "logvar must have mu's shape");
-  TORCH_CHECK(num_samples >= 0, "num_samples must be >= 0");
-  TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "prior needs both mean and logvar");
-  check_like_mu(lv_in, mu_in, "logvar");
+  check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
   const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const auto [seed, offset] = read_seed_offset(seed_offset);
-  const int64_t D = mu.size(-1), R = D > 0 ? mu.numel() / D : mu.numel() == 0 ? 1 : 0;
+  const int64_t D = mu.size(-1);
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
   const int64_t rows = c10::multiply_integers(batch);
   const int64_t K = num_samples;
-  at::Tensor z = K > 0 ? empty_output(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor z = K > 0 ? empty_cached_output(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
   at::Tensor kl = at::empty(batch, mu.options());
   at::Tensor lq = with_log_prob && K > 0 ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
   at::Tensor lp = with_log_prob && K > 0 ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
-  (void)R;
   ReparamFwdArgs a{dtype_of(mu),
                    mu.data_ptr(),
                    lv.data_ptr(),
@@ -83,8 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
     const c10::optional<at::Tensor>& grad_log_p, const at::Tensor& mu_in, const at::Tensor& lv_in,
     const c10::optional<at::Tensor>& prior_mu, const c10::optional<at::Tensor>& prior_logvar,
     const at::Tensor& seed_offset, int64_t num_samples) {
-  TORCH_CHECK(mu_in.dim() >= 1 && mu_in.sizes() == lv_in.sizes(), "reparam_bwd: mu/logvar shapes");
-  check_like_mu(lv_in, mu_in, "logvar");
+  check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
   const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
@@ -98,9 +86,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
   at::Tensor glq, glp;
   if (grad_log_q.has_value() && K > 0) glq = grad_log_q->to(mu.scalar_type()).contiguous();
   if (grad_log_p.has_value() && K > 0) glp = grad_log_p->to(mu.scalar_type()).contiguous();
-  at::Tensor gmu = empty_output(mu.sizes(), mu.options()), glv = empty_output(mu.sizes(), mu.options());
-  at::Tensor gmp = has_prior ? empty_output(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
-  at::Tensor glvp = has_prior ? empty_output(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor gmu = empty_cached_output(mu.sizes(), mu.options()), glv = empty_cached_output(mu.sizes(), mu.options());
+  at::Tensor gmp = has_prior ? empty_cached_output(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
+  at::Tensor glvp = has_prior ? empty_cached_output(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
   const auto [seed, offset] = read_seed_offset(seed_offset);
   ReparamBwdArgs a{dtype_of(mu),
                    K > 0 ? gz.data_ptr() : nullptr,

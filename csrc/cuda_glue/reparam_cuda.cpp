@@ -57,11 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
     const at::Tensor& mu_in, const at::Tensor& lv_in, const std::optional<at::Tensor>& prior_mu,
     const std::optional<at::Tensor>& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
     bool with_log_prob) {
-  TORCH_CHECK(mu_in.dim() >= 1, "mu must have at least one dimension");
-  TORCH_CHECK(mu_in.sizes() == lv_in.sizes(), "logvar must have mu's shape");
-  TORCH_CHECK(num_samples >= 0, "num_samples must be >= 0");
-  TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "prior needs both mean and logvar");
-  check_like_mu(lv_in, mu_in, "logvar");
+  check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
@@ -90,10 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
     const std::optional<at::Tensor>& grad_log_p, const at::Tensor& mu_in, const at::Tensor& lv_in,
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
     const at::Tensor& seed_offset, int64_t num_samples) {
-  TORCH_CHECK(mu_in.dim() >= 1 && mu_in.sizes() == lv_in.sizes(), "reparam_bwd: mu/logvar shapes");
-  TORCH_CHECK(num_samples >= 0, "reparam_bwd: num_samples must be >= 0");
-  TORCH_CHECK(prior_mu.has_value() == prior_logvar.has_value(), "reparam_bwd: prior needs both mean and logvar");
-  check_like_mu(lv_in, mu_in, "logvar");
+  check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
