@@ -145,16 +145,7 @@ struct BitsNoise {
 // when that ISA is active (the Variant does not carry the ISA; one check per piece of 2048 elements).
 template <int64_t kRoom>
 FK_INLINE void philox_words_of(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t (*w)[kRoom]) {
-#if defined(FK_HAVE_PHILOX_SIMD)
-  if (active_isa() == Isa::Avx512) {
-    philox_words_avx512(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
-    return;
-  }
-  if (active_isa() == Isa::Avx2) {
-    philox_words_avx2(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
-    return;
-  }
-#endif
+  if (philox_words_simd(active_isa(), seed, offset, b0, n, w[0], w[1], w[2], w[3])) return;
   for (int64_t b = 0; b < n; ++b) {
     const math::Philox4x32 r = math::philox_block(seed, offset, b0 + static_cast<uint64_t>(b));
     for (int j = 0; j < 4; ++j) w[j][b] = r.v[j];

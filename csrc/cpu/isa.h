@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace fused_kingma::cpu {
 
@@ -18,6 +19,14 @@ enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
 struct IsaBaseline {};
 struct IsaAvx2 {};
 struct IsaAvx512 {};
+
+// The Isa of a tag (for code templated on the tag that calls something taking the enum).
+template <class Tag>
+constexpr Isa isa_of() {
+  if constexpr (std::is_same_v<Tag, IsaAvx512>) return Isa::Avx512;
+  if constexpr (std::is_same_v<Tag, IsaAvx2>) return Isa::Avx2;
+  return Isa::Baseline;
+}
 
 Isa best_supported_isa();
 Isa active_isa();

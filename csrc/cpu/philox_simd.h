@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "isa.h"
+
 namespace fused_kingma::cpu {
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -24,5 +26,27 @@ void philox_words_avx512(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n,
 void philox_words_avx2(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n, uint32_t* __restrict w0,
                        uint32_t* __restrict w1, uint32_t* __restrict w2, uint32_t* __restrict w3);
 #endif
+
+// The words above with the intrinsics of `isa` (true), or nothing for an ISA without them (false: the
+// caller computes math::philox4x32_10 per block). The one place that maps an ISA to its Philox.
+inline bool philox_words_simd(Isa isa, uint64_t seed, uint64_t offset, uint64_t b0, int64_t n,
+                              uint32_t* __restrict w0, uint32_t* __restrict w1, uint32_t* __restrict w2,
+                              uint32_t* __restrict w3) {
+#if defined(FK_HAVE_PHILOX_SIMD)
+  switch (isa) {
+    case Isa::Avx512:
+      philox_words_avx512(seed, offset, b0, n, w0, w1, w2, w3);
+      return true;
+    case Isa::Avx2:
+      philox_words_avx2(seed, offset, b0, n, w0, w1, w2, w3);
+      return true;
+    default:
+      return false;
+  }
+#else
+  (void)isa, (void)seed, (void)offset, (void)b0, (void)n, (void)w0, (void)w1, (void)w2, (void)w3;
+  return false;
+#endif
+}
 
 }  // namespace fused_kingma::cpu

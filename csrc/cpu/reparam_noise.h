@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
 
 #include "isa.h"
 #include "math/normal.h"
@@ -38,21 +37,12 @@ static inline __attribute__((always_inline)) math::Philox4x32 philox_rounds_wide
 // Blocks per pass: the words of one pass (4 x 256 B) stay in L1. A multiple of 16 (the AVX-512 group).
 constexpr int64_t kNoiseChunkBlocks = 64;
 
-// Words of blocks b0 .. b0 + n - 1 (n <= kNoiseChunkBlocks) into w[m][0 .. n). The AVX-512 path fills
+// Words of blocks b0 .. b0 + n - 1 (n <= kNoiseChunkBlocks) into w[m][0 .. n). The intrinsic paths fill
 // whole groups of 16, so w[m] must hold kNoiseChunkBlocks words.
 template <class Isa>
 static inline __attribute__((always_inline)) void philox_words(uint64_t seed, uint64_t offset, uint64_t b0, int64_t n,
                                                                uint32_t (*__restrict w)[kNoiseChunkBlocks]) {
-#if defined(FK_HAVE_PHILOX_SIMD)
-  if constexpr (std::is_same_v<Isa, IsaAvx512>) {
-    philox_words_avx512(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
-    return;
-  }
-  if constexpr (std::is_same_v<Isa, IsaAvx2>) {
-    philox_words_avx2(seed, offset, b0, n, w[0], w[1], w[2], w[3]);
-    return;
-  }
-#endif
+  if (philox_words_simd(isa_of<Isa>(), seed, offset, b0, n, w[0], w[1], w[2], w[3])) return;
   const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const uint32_t o0 = static_cast<uint32_t>(offset), o1 = static_cast<uint32_t>(offset >> 32);
   for (int64_t b = 0; b < n; ++b) {
