@@ -75,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
   static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K);
   a.z = ptr_or_null(z);
   a.kl = ptr_or_null(kl);
-  a.log_q = log_prob ? ptr_or_null(lq) : nullptr;
-  a.log_p = log_prob ? ptr_or_null(lp) : nullptr;
+  a.log_q = ptr_or_null(lq);  // empty without log-probs
+  a.log_p = ptr_or_null(lp);
   check_launch(cuda::reparam_forward(a, current_stream(mu)), "reparam_fwd");
   return {z, kl, lq, lp};
 }
@@ -116,14 +116,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
 
   cuda::ReparamBackwardArgs a{};
   static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K);
-  a.grad_z = K > 0 ? ptr_or_null(gz) : nullptr;
+  a.grad_z = ptr_or_null(gz);  // undefined for K == 0
   a.grad_kl = ptr_or_null(gkl);
-  a.grad_log_q = glq.defined() ? ptr_or_null(glq) : nullptr;
-  a.grad_log_p = glp.defined() ? ptr_or_null(glp) : nullptr;
+  a.grad_log_q = ptr_or_null(glq);
+  a.grad_log_p = ptr_or_null(glp);
   a.grad_mu = ptr_or_null(gmu);
   a.grad_logvar = ptr_or_null(glv);
-  a.grad_prior_mu = has_prior ? ptr_or_null(gmp) : nullptr;
-  a.grad_prior_logvar = has_prior ? ptr_or_null(glvp) : nullptr;
+  a.grad_prior_mu = ptr_or_null(gmp);  // empty without a prior
+  a.grad_prior_logvar = ptr_or_null(glvp);
   check_launch(cuda::reparam_backward(a, current_stream(mu)), "reparam_bwd");
   return {gmu, glv, gmp, glvp};
 }
