@@ -1,7 +1,7 @@
-"""Fake (meta) kernels and autograd for the reparameterization ops (schemas in csrc/ops.cpp).
+"""Fake (meta) kernels of the reparameterization ops (schemas in csrc/ops.cpp), for torch.compile.
 
-The backward op regenerates the noise from the saved int64 ``seed_offset`` tensor: nothing of the
-size of z is saved for backward (only mu, logvar, the prior and seed_offset).
+Their autograd is C++ (csrc/reparam_autograd.cpp): the backward op regenerates the noise from the saved
+int64 ``seed_offset`` tensor, so nothing of the size of z is saved for backward.
 """
 import torch
 
@@ -35,47 +35,3 @@ def _reparam_bwd_fake(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, prior
 @torch.library.register_fake("fused_kingma::fastmath_debug")
 def _fastmath_debug_fake(x, fn):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, with_log_prob = inputs
-    ctx.save_for_backward(mu, logvar, prior_mu, prior_logvar, seed_offset)
-    ctx.num_samples = num_samples
-    ctx.with_log_prob = with_log_prob and num_samples > 0
-
-
-def _backward(ctx, grad_z, grad_kl, grad_log_q, grad_log_p):
-    mu, logvar, prior_mu, prior_logvar, seed_offset = ctx.saved_tensors
-    k = ctx.num_samples
-    if grad_kl is None:
-        grad_kl = mu.new_zeros(mu.shape[:-1])
-    if k > 0 and grad_z is None:
-        grad_z = mu.new_zeros(_with_samples(mu.shape, k))
-    if k == 0:
-        grad_z = None
-    if not ctx.with_log_prob:
-        grad_log_q = grad_log_p = None
-    g_mu, g_logvar, g_pmu, g_plogvar = ops.reparam_bwd(
-        grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset, k
-    )
-    if prior_mu is None:
-        g_pmu = g_plogvar = None
-    else:  # the kernel returns the prior's gradients expanded to mu's shape
-        g_pmu = g_pmu.sum_to_size(prior_mu.shape) if ctx.needs_input_grad[2] else None
-        g_plogvar = g_plogvar.sum_to_size(prior_logvar.shape) if ctx.needs_input_grad[3] else None
-    return g_mu, g_logvar, g_pmu, g_plogvar, None, None, None
-
-
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "fused_kingma.reparameterize / gaussian_kl do not support double backward (create_graph=True through "
-        "their backward); use fused_kingma.reference.reparameterize_reference for higher-order gradients."
-    )
-
-
-def _bwd_setup(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd("fused_kingma::reparam_fwd", _backward, setup_context=_setup_context)
-torch.library.register_autograd("fused_kingma::reparam_bwd", _no_double_backward, setup_context=_bwd_setup)

@@ -125,6 +125,24 @@ def test_gradients_match_reference(dtype, with_prior, num_samples):
         _check(got, exp, dtype, 13 * num_samples)
 
 
+@pytest.mark.parametrize("used", [("z",), ("kl",), ("lq",), ("lp",), ("z", "lp")])
+@pytest.mark.parametrize("num_samples", [1, 3])
+def test_gradients_of_some_outputs_and_some_prior_leaves(used, num_samples):
+    # The backward gets no gradient for the unused outputs (treated as zero), and only the prior mean asks
+    # for a gradient (the prior logvar's is skipped): each must match autograd through the reference.
+    mu, lv = (t.requires_grad_() for t in _inputs((6, 11), torch.float64, seed=31, scale=0.6))
+    pm, plv = _inputs((11,), torch.float64, seed=32, scale=0.5)
+    pm.requires_grad_()
+    names = ("z", "kl", "lq", "lp")
+    out = fk.reparameterize(mu, lv, num_samples=num_samples, prior=(pm, plv), seed=5, offset=6, return_log_prob=True)
+    grads = torch.autograd.grad(sum(o.sum() for n, o in zip(names, out) if n in used), (mu, lv, pm))
+    leaves64 = [t.detach().clone().requires_grad_() for t in (mu, lv, pm)]
+    ref = R.reparameterize_reference(*leaves64[:2], _eps(5, 6, mu.shape, num_samples), prior=(leaves64[2], plv))
+    rgrads = torch.autograd.grad(sum(o.sum() for n, o in zip(names, ref) if n in used), leaves64, allow_unused=True)
+    for got, exp, leaf in zip(grads, rgrads, leaves64):  # z and log q do not depend on the prior mean: zero
+        torch.testing.assert_close(got, torch.zeros_like(leaf) if exp is None else exp, **TOL[torch.float64])
+
+
 def test_gradcheck_fp64():
     mu, lv = _inputs((3, 4), torch.float64, seed=9, scale=0.5)
     pm, plv = _inputs((4,), torch.float64, seed=10, scale=0.5)
