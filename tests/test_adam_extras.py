@@ -234,3 +234,57 @@ def test_stochastic_rounding_same_bits_on_every_isa():
         fk.set_cpu_isa(before)
     for got in outs.values():
         assert torch.equal(got, outs["baseline"])
+
+
+
+FP16_OPTIONS = [
+    dict(cls=fk.FusedAdamW),
+    dict(cls=fk.FusedAdam, amsgrad=True, weight_decay=0.01, maximize=True),
+    dict(cls=fk.FusedAdamax, weight_decay=0.01),
+    dict(cls=fk.FusedAdamW, master_weights=True, ema_decay=0.9, amsgrad=True),
+    dict(cls=fk.FusedAdam, grad_scale=1024.0),
+]
+
+
+@pytest.mark.parametrize("options", FP16_OPTIONS, ids=lambda o: "-".join(f"{k}={getattr(v, '__name__', v)}"
+                                                                         for k, v in o.items()))
+def test_fp16_step_is_the_fp32_step_rounded(cpu_isa, options):
+    """An fp16 step is the fp32 step of the widened values, rounded to nearest even, bit for bit: on AVX2 and
+    AVX-512 the fp16 arrays go through float buffers converted by F16C (blocks of 256), on the baseline ISA
+    through the portable bit-trick conversions. Checked per step against an fp32 twin loaded from the fp16
+    state (the master copy and fp32 moments with master_weights), with sizes around the block and vector
+    widths and values that round to fp16 subnormals, overflow to inf or sit on rounding ties; the grad is
+    unscaled in place with a GradScaler."""
+    options = dict(options)
+    cls, grad_scale = options.pop("cls"), options.pop("grad_scale", None)
+    master = options.get("master_weights", False)
+    sizes = [1, 15, 255, 256, 257, 1000, 4099]
+    g = torch.Generator().manual_seed(3)
+    special = torch.tensor([6e-8, -3e-8, 1e-5, 65504.0, -65519.0, 65520.0, 2049.0, 2051.0, 0.0, -0.0, 1.0 + 2**-11])
+    init = [torch.randn(n, generator=g) * 4 for n in sizes]
+    init[-1][:special.numel()] = special
+    ps = [torch.nn.Parameter(t.half()) for t in init]
+    qs = [torch.nn.Parameter(t.half().float()) for t in init]
+    opt = cls(ps, lr=1e-2, **options)
+    twin = cls(qs, lr=1e-2, **{k: v for k, v in options.items() if k != "master_weights"})
+    for _ in range(3):
+        grads = [(torch.randn(n, generator=g) * 1e-3 * (grad_scale or 1.0)).half() for n in sizes]
+        for p, q, gr in zip(ps, qs, grads):
+            p.grad, q.grad = gr.clone(), gr.float()
+            if p in opt.state:  # the twin starts from the fp16 state (or the fp32 master copy and moments)
+                q.data.copy_(opt.state[p]["master_param"] if master else p.detach().float())
+                for key, value in opt.state[p].items():
+                    if key in twin.state[q] and key != "step":
+                        twin.state[q][key].copy_(value.float())
+        if grad_scale is not None:
+            for o in (opt, twin):
+                o.grad_scale, o.found_inf = torch.tensor(grad_scale), torch.tensor(0.0)
+        opt.step()
+        twin.step()
+        for p, q in zip(ps, qs):
+            assert torch.equal(p.detach().view(torch.int16), q.detach().half().view(torch.int16))
+            assert torch.equal(p.grad.view(torch.int16), q.grad.half().view(torch.int16))
+            for key, value in opt.state[p].items():
+                want = (q if key == "master_param" else twin.state[q][key]).detach().to(value.dtype)
+                assert torch.equal(value.view(torch.int16 if value.dtype == torch.half else torch.int32),
+                                   want.view(torch.int16 if value.dtype == torch.half else torch.int32)), key

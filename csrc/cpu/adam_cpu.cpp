@@ -54,12 +54,12 @@ FK_INLINE void run_chunk(const Plan& plan, const Chunk& ch) {
 }
 
 // Runtime options -> compile-time variant (rule x ema x grad write-back).
-template <class P, class S, bool kMaster, bool kStochastic, bool kFma>
+template <class P, class S, bool kMaster, bool kStochastic, class IsaTag>
 FK_INLINE void run_chunk_storage(const Plan& plan, const Chunk& ch) {
   const int code = static_cast<int>(plan.rule) * 4 + (plan.ema ? 2 : 0) + (plan.unscale ? 1 : 0);
 #define FK_ADAM_CASE(R, E, U) \
   case static_cast<int>(R) * 4 + (E ? 2 : 0) + (U ? 1 : 0): \
-    return run_chunk<adam::Variant<P, S, R, kMaster, E, U, kStochastic, kFma>>(plan, ch);
+    return run_chunk<adam::Variant<P, S, R, kMaster, E, U, kStochastic, IsaTag>>(plan, ch);
 #define FK_ADAM_CASES(R) FK_ADAM_CASE(R, false, false) FK_ADAM_CASE(R, false, true) \
                          FK_ADAM_CASE(R, true, false) FK_ADAM_CASE(R, true, true)
   switch (code) {
@@ -74,17 +74,16 @@ FK_INLINE void run_chunk_storage(const Plan& plan, const Chunk& ch) {
 
 template <class IsaTag>
 FK_INLINE void adam_chunks_impl(const Plan& plan, int64_t chunk_begin, int64_t chunk_end) {
-  constexpr bool kFma = !std::is_same_v<IsaTag, IsaBaseline>;
   for (int64_t k = chunk_begin; k < chunk_end; ++k) {
     const Chunk& ch = plan.chunks[k];
     switch (plan.formats[ch.tensor]) {
-      case Format::F32: run_chunk_storage<adam::F32, adam::F32, false, false, kFma>(plan, ch); break;
-      case Format::F64: run_chunk_storage<adam::F64, adam::F64, false, false, kFma>(plan, ch); break;
-      case Format::F16: run_chunk_storage<adam::F16, adam::F16, false, false, kFma>(plan, ch); break;
-      case Format::BF16: run_chunk_storage<adam::BF16, adam::BF16, false, false, kFma>(plan, ch); break;
-      case Format::F16Master: run_chunk_storage<adam::F16, adam::F32, true, false, kFma>(plan, ch); break;
-      case Format::BF16Master: run_chunk_storage<adam::BF16, adam::F32, true, false, kFma>(plan, ch); break;
-      case Format::BF16Stochastic: run_chunk_storage<adam::BF16, adam::BF16, false, true, kFma>(plan, ch); break;
+      case Format::F32: run_chunk_storage<adam::F32, adam::F32, false, false, IsaTag>(plan, ch); break;
+      case Format::F64: run_chunk_storage<adam::F64, adam::F64, false, false, IsaTag>(plan, ch); break;
+      case Format::F16: run_chunk_storage<adam::F16, adam::F16, false, false, IsaTag>(plan, ch); break;
+      case Format::BF16: run_chunk_storage<adam::BF16, adam::BF16, false, false, IsaTag>(plan, ch); break;
+      case Format::F16Master: run_chunk_storage<adam::F16, adam::F32, true, false, IsaTag>(plan, ch); break;
+      case Format::BF16Master: run_chunk_storage<adam::BF16, adam::F32, true, false, IsaTag>(plan, ch); break;
+      case Format::BF16Stochastic: run_chunk_storage<adam::BF16, adam::BF16, false, true, IsaTag>(plan, ch); break;
     }
   }
 }

@@ -3,8 +3,11 @@
 // Everything here is always_inline so it is compiled inside the ISA-targeted entry points.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
+#include "half_convert.h"
 #include "math/adam.h"
 #include "math/float16.h"
 #include "isa.h"
@@ -57,8 +60,8 @@ struct TensorJob {
   uint64_t sr_offset = 0;  // Philox offset for stochastic rounding of this tensor at this step
 };
 
-// Compile-time options of one loop.
-template <class P, class S, Rule kRule, bool kMaster, bool kEma, bool kUnscaleOut, bool kStochastic, bool kFma>
+// Compile-time options of one loop, for the ISA copy `IsaTag` (isa.h).
+template <class P, class S, Rule kRule, bool kMaster, bool kEma, bool kUnscaleOut, bool kStochastic, class IsaTag>
 struct Variant {
   using Param = P;
   using State = S;
@@ -67,7 +70,11 @@ struct Variant {
   static constexpr bool ema = kEma;
   static constexpr bool unscale_out = kUnscaleOut;
   static constexpr bool stochastic = kStochastic;
-  static constexpr bool fma = kFma;  // false in the baseline-ISA copy (no FMA instructions there)
+  using Isa = IsaTag;
+  // FMA and F16C: the AVX2 and AVX-512 copies have both, the baseline copy neither.
+  static constexpr bool fma = !std::is_same_v<IsaTag, IsaBaseline>;
+  // fp16 params go through float buffers converted by F16C (adam_half_blocks) where the ISA has it.
+  static constexpr bool half_blocks = std::is_same_v<P, F16> && fma;
 };
 
 template <class C>
@@ -104,7 +111,7 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
     const C raw_grad = P::load(grad[i]);
     if (V::unscale_out) grad[i] = P::store(raw_grad / c.grad_scale);
     theta = theta * c.decay_factor;
-    const C g = math::effective_grad<V::fma>(raw_grad, theta, c);
+    const C g = math::effective_grad<V::fma, V::unscale_out>(raw_grad, theta, c);
     C m = S::load(first[i]);
     C v = S::load(second[i]);
     if constexpr (V::rule == Rule::Adamax) {
@@ -141,6 +148,62 @@ struct BitsNoise {
   FK_INLINE uint32_t operator()(int64_t i) const { return bits[i - base]; }
 };
 
+// Elements [begin, end) of an fp16 param on an ISA with F16C: blocks are widened to float buffers
+// (half_convert.h: one instruction per 8 or 16 elements), updated by the fp32 loop and rounded back to nearest
+// even, the same numbers as adam_range<V> with F16's portable conversions, whose ~15 vector operations per
+// array and direction made fp16 Adam about twice as slow as torch's fused one.
+template <class V>
+FK_INLINE void adam_half_blocks(const TensorJob& job, int64_t begin, int64_t end) {
+  constexpr bool kHalfState = std::is_same_v<typename V::State, F16>;  // else fp32 moments (master weights)
+  constexpr bool kMax = V::rule == Rule::AdamAmsgrad;
+  // With a master copy the EMA averages it (adam_range does that); without, the rounded param: done below.
+  using Wide = Variant<F32, F32, V::rule, V::master, V::master && V::ema, V::unscale_out, false, typename V::Isa>;
+  constexpr int64_t kBlock = 256;
+  constexpr Isa kIsa = isa_of<typename V::Isa>();
+  // Rows 4 KiB + 64 B apart: buffers whose addresses differ by a multiple of 4 KiB make the CPU treat loads
+  // from one as possibly depending on stores to another (4K aliasing; 2x slower with 1024-element rows).
+  alignas(64) float rows[5][kBlock + 16];
+  float *param = rows[0], *grad = rows[1], *first = rows[2], *second = rows[3], *max_second = rows[4];
+  uint16_t* const param_h = static_cast<uint16_t*>(job.param);
+  uint16_t* const grad_h = static_cast<uint16_t*>(job.grad);
+  const AdamConsts<float> c = cast_consts<float>(job.consts);
+  for (int64_t lo = begin; lo < end; lo += kBlock) {
+    const int64_t n = std::min(kBlock, end - lo);
+    TensorJob w = job;
+    w.param = param;
+    w.grad = grad;
+    if constexpr (!V::master) halves_to_floats(kIsa, param_h + lo, param, n);
+    halves_to_floats(kIsa, grad_h + lo, grad, n);
+    if constexpr (kHalfState) {
+      w.first = first;
+      w.second = second;
+      w.max_second = max_second;
+      halves_to_floats(kIsa, static_cast<const uint16_t*>(job.first) + lo, first, n);
+      halves_to_floats(kIsa, static_cast<const uint16_t*>(job.second) + lo, second, n);
+      if constexpr (kMax) halves_to_floats(kIsa, static_cast<const uint16_t*>(job.max_second) + lo, max_second, n);
+    } else {
+      w.first = static_cast<float*>(job.first) + lo;
+      w.second = static_cast<float*>(job.second) + lo;
+      w.max_second = kMax ? static_cast<float*>(job.max_second) + lo : nullptr;
+    }
+    w.master = V::master ? job.master + lo : nullptr;
+    w.ema = V::ema ? static_cast<float*>(job.ema) + lo : nullptr;
+    adam_range<Wide>(w, 0, n, NoNoise{});
+    floats_to_halves(kIsa, param, param_h + lo, n);
+    if constexpr (V::unscale_out) floats_to_halves(kIsa, grad, grad_h + lo, n);
+    if constexpr (kHalfState) {
+      floats_to_halves(kIsa, first, static_cast<uint16_t*>(job.first) + lo, n);
+      floats_to_halves(kIsa, second, static_cast<uint16_t*>(job.second) + lo, n);
+      if constexpr (kMax) floats_to_halves(kIsa, max_second, static_cast<uint16_t*>(job.max_second) + lo, n);
+    }
+    if constexpr (V::ema && !V::master) {
+      float* const ema = static_cast<float*>(job.ema) + lo;
+      halves_to_floats(kIsa, param_h + lo, param, n);  // the param as stored
+      for (int64_t i = 0; i < n; ++i) ema[i] = math::ema_update<V::fma>(ema[i], param[i], c);
+    }
+  }
+}
+
 // Philox words of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (n + 15 words of room): AVX-512 or AVX2 intrinsics
 // when that ISA is active (the Variant does not carry the ISA; one check per piece of 2048 elements).
 template <int64_t kRoom>
@@ -175,6 +238,8 @@ FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t en
         }
       adam_range<V>(job, lo, hi, BitsNoise{bits, first_block * 8});
     }
+  } else if constexpr (V::half_blocks) {
+    adam_half_blocks<V>(job, begin, end);
   } else {
     adam_range<V>(job, begin, end, NoNoise{});
   }
