@@ -185,6 +185,21 @@ def test_every_isa_path_agrees(cpu_isa, dtype):
         torch.testing.assert_close(a.detach(), b.detach(), **tight)
 
 
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_fp16_forward_is_the_fp32_forward_rounded(cpu_isa, with_prior):
+    # fp16 rows are widened to float around the sample loop (with F16C on AVX2 / AVX-512, half_convert.h):
+    # z, kl and the log-densities must be the float32 op's results on the widened inputs, rounded once.
+    mu, lv = _inputs((37, 300), torch.float16, seed=41)
+    lv[0, :5] = torch.tensor([-20.0, 11.0, 0.0, -0.0, 6e-8])  # exp(lv / 2) from tiny to large
+    prior = tuple(t.half() for t in _inputs((300,), torch.float32, seed=42, scale=0.5)) if with_prior else None
+    wide_prior = None if prior is None else tuple(t.float() for t in prior)
+    got = fk.reparameterize(mu, lv, num_samples=2, prior=prior, seed=8, offset=1, return_log_prob=True)
+    want = fk.reparameterize(mu.float(), lv.float(), num_samples=2, prior=wide_prior, seed=8, offset=1,
+                             return_log_prob=True)
+    for g, w in zip(got, want):
+        assert torch.equal(g.view(torch.int16), w.half().view(torch.int16))
+
+
 def test_nothing_of_z_size_is_saved():
     mu = torch.randn(64, 32, requires_grad=True)
     lv = torch.randn(64, 32, requires_grad=True)
