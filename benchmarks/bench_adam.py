@@ -3,7 +3,7 @@ memory-traffic floor measured in the same run.
 
 Bytes per element assumed (the minimum a step must move):
   fp32 Adam: param r+w 8, grad r 4, exp_avg r+w 8, exp_avg_sq r+w 8 = 28; + EMA r+w 8 = 36
-  bf16 Adam (state bf16, as torch keeps it): 14; master weights (bf16 param w 2, grad r 2,
+  bf16 / fp16 Adam (state bf16 / fp16, as torch keeps it): 14; master weights (bf16 param w 2, grad r 2,
   fp32 master r+w 8, fp32 moments r+w 16) = 28; Adamax as Adam.
 Floor = bytes / bandwidth of an in-place fp32 add (benchmarks/common.py) measured in this run.
 """
@@ -54,6 +54,7 @@ def run(tiny: bool, device: str = "cpu"):
         ("GPT-2 124M fp32", gpt2_shapes() if not tiny else [(s[0] // 64,) + s[1:] for s in gpt2_shapes()],
          torch.float32, {}, 28),
         ("4 x 16M bf16", [((16 << 20) // scale,)] * 4, torch.bfloat16, {}, 14),
+        ("4 x 16M fp16", [((16 << 20) // scale,)] * 4, torch.float16, {}, 14),
         ("4 x 16M fp32 amsgrad", [((16 << 20) // scale,)] * 4, torch.float32, {"amsgrad": True}, 36),
         ("4 x 16M fp32 Adamax", [((16 << 20) // scale,)] * 4, torch.float32, {"adamax": True}, 28),
         ("4 x 16M fp32 + EMA", [((16 << 20) // scale,)] * 4, torch.float32, {"ema_decay": 0.999}, 36),
@@ -111,7 +112,7 @@ def run(tiny: bool, device: str = "cpu"):
     notes = (f"Floor = bytes / bandwidth of an in-place fp32 add timed round-robin with the candidates of the "
              f"same configuration (this run: {min(bws):.0f}-{max(bws):.0f} GB/s; it drifts on shared hosts). "
              "Median over rounds, each round timing every candidate once. Bytes/element assumed: fp32 28 (+8 EMA, +8 amsgrad), "
-             "bf16 14, bf16 master weights 28. Grads stay fixed across steps. "
+             "bf16 / fp16 14, bf16 master weights 28. Grads stay fixed across steps. "
              "EMA rows: the torch baselines are Adam followed by torch._foreach_lerp_ of an EMA copy (12 more "
              "bytes/element). bf16 master-weight / stochastic-rounding rows compare with torch's plain bf16 Adam, "
              "which does less (no fp32 copy / plain rounding): read them against the floor.")

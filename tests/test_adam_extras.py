@@ -237,7 +237,7 @@ def test_stochastic_rounding_same_bits_on_every_isa():
 
 
 
-FP16_OPTIONS = [
+LOW_PRECISION_OPTIONS = [
     dict(cls=fk.FusedAdamW),
     dict(cls=fk.FusedAdam, amsgrad=True, weight_decay=0.01, maximize=True),
     dict(cls=fk.FusedAdamax, weight_decay=0.01),
@@ -246,29 +246,30 @@ FP16_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("options", FP16_OPTIONS, ids=lambda o: "-".join(f"{k}={getattr(v, '__name__', v)}"
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("options", LOW_PRECISION_OPTIONS, ids=lambda o: "-".join(f"{k}={getattr(v, '__name__', v)}"
                                                                          for k, v in o.items()))
-def test_fp16_step_is_the_fp32_step_rounded(cpu_isa, options):
-    """An fp16 step is the fp32 step of the widened values, rounded to nearest even, bit for bit: on AVX2 and
-    AVX-512 the fp16 arrays go through float buffers converted by F16C (blocks of 256), on the baseline ISA
-    through the portable bit-trick conversions. Checked per step against an fp32 twin loaded from the fp16
-    state (the master copy and fp32 moments with master_weights), with sizes around the block and vector
+def test_16bit_step_is_the_fp32_step_rounded(cpu_isa, options, dtype):
+    """An fp16 / bf16 step is the fp32 step of the widened values, rounded to nearest even, bit for bit: on AVX2
+    and AVX-512 fp16 arrays go through float buffers converted by F16C (blocks of 256), otherwise the 16-bit
+    values are converted element by element in the update loop. Checked per step against an fp32 twin loaded from the
+    16-bit state (the master copy and fp32 moments with master_weights), with sizes around the block and vector
     widths and values that round to fp16 subnormals, overflow to inf or sit on rounding ties; the grad is
     unscaled in place with a GradScaler."""
     options = dict(options)
     cls, grad_scale = options.pop("cls"), options.pop("grad_scale", None)
     master = options.get("master_weights", False)
-    sizes = [1, 15, 255, 256, 257, 1000, 4099]
+    sizes = [1, 15, 255, 256, 257, 1000, 4099]  # the special values below are fp16's; bf16 rounds them too
     g = torch.Generator().manual_seed(3)
     special = torch.tensor([6e-8, -3e-8, 1e-5, 65504.0, -65519.0, 65520.0, 2049.0, 2051.0, 0.0, -0.0, 1.0 + 2**-11])
     init = [torch.randn(n, generator=g) * 4 for n in sizes]
     init[-1][:special.numel()] = special
-    ps = [torch.nn.Parameter(t.half()) for t in init]
-    qs = [torch.nn.Parameter(t.half().float()) for t in init]
+    ps = [torch.nn.Parameter(t.to(dtype)) for t in init]
+    qs = [torch.nn.Parameter(t.to(dtype).float()) for t in init]
     opt = cls(ps, lr=1e-2, **options)
     twin = cls(qs, lr=1e-2, **{k: v for k, v in options.items() if k != "master_weights"})
     for _ in range(3):
-        grads = [(torch.randn(n, generator=g) * 1e-3 * (grad_scale or 1.0)).half() for n in sizes]
+        grads = [(torch.randn(n, generator=g) * 1e-3 * (grad_scale or 1.0)).to(dtype) for n in sizes]
         for p, q, gr in zip(ps, qs, grads):
             p.grad, q.grad = gr.clone(), gr.float()
             if p in opt.state:  # the twin starts from the fp16 state (or the fp32 master copy and moments)
@@ -282,9 +283,9 @@ def test_fp16_step_is_the_fp32_step_rounded(cpu_isa, options):
         opt.step()
         twin.step()
         for p, q in zip(ps, qs):
-            assert torch.equal(p.detach().view(torch.int16), q.detach().half().view(torch.int16))
-            assert torch.equal(p.grad.view(torch.int16), q.grad.half().view(torch.int16))
+            assert torch.equal(p.detach().view(torch.int16), q.detach().to(dtype).view(torch.int16))
+            assert torch.equal(p.grad.view(torch.int16), q.grad.to(dtype).view(torch.int16))
             for key, value in opt.state[p].items():
                 want = (q if key == "master_param" else twin.state[q][key]).detach().to(value.dtype)
-                assert torch.equal(value.view(torch.int16 if value.dtype == torch.half else torch.int32),
-                                   want.view(torch.int16 if value.dtype == torch.half else torch.int32)), key
+                bits = torch.int16 if value.dtype == dtype else torch.int32
+                assert torch.equal(value.view(bits), want.view(bits)), key

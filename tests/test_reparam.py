@@ -200,6 +200,28 @@ def test_fp16_forward_is_the_fp32_forward_rounded(cpu_isa, with_prior):
         assert torch.equal(g.view(torch.int16), w.half().view(torch.int16))
 
 
+@pytest.mark.parametrize("num_samples", [1, 3])
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_fp16_backward_is_the_fp32_backward_rounded(cpu_isa, num_samples, with_prior):
+    # As the forward: fp16 rows (inputs, grad_z, outputs) are widened around the backward's row loop with F16C
+    # on AVX2 / AVX-512, so the gradients are the float32 backward's on the widened values, rounded once. The
+    # prior has mu's shape, so its gradients are not summed (a sum would round differently in fp16).
+    mu, lv = _inputs((19, 70), torch.float16, seed=43)
+    lv[0, :3] = torch.tensor([-20.0, 11.0, 6e-8])
+    prior = _inputs((19, 70), torch.float16, seed=44, scale=0.5) if with_prior else ()
+    leaves16 = [t.clone().requires_grad_() for t in (mu, lv, *prior)]
+    leaves32 = [t.float().requires_grad_() for t in (mu, lv, *prior)]
+    grads = []
+    for leaves in (leaves16, leaves32):
+        out = fk.reparameterize(leaves[0], leaves[1], num_samples=num_samples, prior=tuple(leaves[2:]) or None,
+                                seed=4, offset=9, return_log_prob=True)
+        g = torch.Generator().manual_seed(45)
+        upstream = [torch.randn(o.shape, generator=g).half().to(o.dtype) for o in out]
+        grads.append(torch.autograd.grad(out, leaves, upstream))
+    for g16, g32 in zip(*grads):
+        assert torch.equal(g16.view(torch.int16), g32.half().view(torch.int16))
+
+
 def test_nothing_of_z_size_is_saved():
     mu = torch.randn(64, 32, requires_grad=True)
     lv = torch.randn(64, 32, requires_grad=True)

@@ -146,7 +146,8 @@ FK_ALWAYS_INLINE void sample_row(const S* __restrict mu, const S* __restrict lv,
 // sample_row 32 elements at a time (one register of S): two registers of floats per temporary, and the exp
 // temporaries spill. Widening the inputs and narrowing z in loops of their own lets the sample loop run
 // on floats, 16 at a time: 45 instead of 55 instructions per 16 elements on AVX-512, which pays for the
-// conversion loops. (The backward, tried the same way, lost to its five conversions: it is not widened.)
+// conversion loops. (The backward, tried the same way, lost to its five conversions for bf16: only fp16 on
+// F16C ISAs, whose conversions are single instructions, is widened there.)
 template <class S>
 constexpr bool kWidenRows = sizeof(S) < sizeof(float);
 
@@ -354,19 +355,17 @@ FK_ALWAYS_INLINE void bwd_row(const S* __restrict mu, const S* __restrict lv, co
   }
 }
 
-// One row's pass k of K (K == 0: the KL alone): the bwd_row for its place among the passes.
+// One row's pass k of K (K == 0: the KL alone, gz unused): the bwd_row for its place among the passes. Rows of
+// S, or float copies of them (S = float; fp16 on F16C ISAs, see bwd_rows_impl).
 template <class Cfg, bool kModerateExp, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
 FK_ALWAYS_INLINE void bwd_row_pass(int64_t K, int64_t k, const S* mu, const S* lv, const S* mp, const S* lvp,
-                                   const float* eps_tile, int64_t i, const ReparamBwdArgs& a, int64_t t, A gk,
-                                   A lv_const, const GradRows<A>& acc, const GradRows<S>& out, int64_t D) {
+                                   const float* eps, const S* gz, A glp, A gk, A lv_const, const GradRows<A>& acc,
+                                   const GradRows<S>& out, int64_t D) {
   if (K == 0) {
     bwd_row<Cfg, true, true, false, kModerateExp>(mu, lv, mp, lvp, static_cast<const float*>(nullptr),
                                                   static_cast<const S*>(nullptr), gk, A(0), lv_const, acc, out, D);
     return;
   }
-  const float* eps = eps_tile + i * D;
-  const S* gz = static_cast<const S*>(a.gz) + t * D;
-  const A glp = Cfg::log_p ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
   const bool first = k == 0, last = k == K - 1;
   if (first && last) bwd_row<Cfg, true, true, true, kModerateExp>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, acc, out, D);
   else if (first) bwd_row<Cfg, true, false, true, kModerateExp>(mu, lv, mp, lvp, eps, gz, gk, glp, lv_const, acc, out, D);
@@ -384,6 +383,8 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
   const int64_t tile_rows = rows_per_noise_tile(D);
   std::vector<float> noise(K > 0 ? noise_buffer_len(tile_rows * D) : 0);
   std::vector<A> sums(K > 1 ? 4 * tile_rows * D : 0), row_consts(2 * tile_rows);
+  // fp16 with F16C: the input rows (mu, lv, mp, lvp, gz) and the output rows widened / narrowed around bwd_row.
+  std::vector<float> wide(kF16cRows<Isa, S> ? 9 * D : 0);
   A* __restrict gk = row_consts.data();  // d loss / d kl of each row of the tile
   A* __restrict lv_const = gk + tile_rows;  // d loss / d lv through log_q, per row
   for (int64_t r0 = lo; r0 < hi; r0 += tile_rows) {
@@ -427,9 +428,36 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
         const GradRows<S> out{static_cast<S*>(a.gmu) + r * D, static_cast<S*>(a.glv) + r * D,
                               Cfg::prior ? static_cast<S*>(a.gmp) + r * D : nullptr,
                               Cfg::prior ? static_cast<S*>(a.glvp) + r * D : nullptr};
-        const bool moderate = row_exp_args_moderate<Cfg>(lv, lvp, D);
-        if (moderate) bwd_row_pass<Cfg, true>(K, k, mu, lv, mp, lvp, eps_tile, i, a, t, gk[i], lv_const[i], acc, out, D);
-        else bwd_row_pass<Cfg, false>(K, k, mu, lv, mp, lvp, eps_tile, i, a, t, gk[i], lv_const[i], acc, out, D);
+        const float* eps = K > 0 ? eps_tile + i * D : nullptr;
+        const S* gz = K > 0 ? static_cast<const S*>(a.gz) + t * D : nullptr;
+        const A glp = Cfg::log_p && K > 0 ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
+        const auto pass = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t,
+                              const auto* gz_t, const auto& out_t, bool moderate) {
+          if (moderate) bwd_row_pass<Cfg, true>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk[i], lv_const[i], acc, out_t, D);
+          else bwd_row_pass<Cfg, false>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk[i], lv_const[i], acc, out_t, D);
+        };
+        if constexpr (kF16cRows<Isa, S>) {
+          float* const f = wide.data();
+          const GradRows<float> out_f{f + 5 * D, f + 6 * D, f + 7 * D, f + 8 * D};
+          convert_row<Isa>(mu, f, D);
+          bool moderate = widen_row_exp_args_moderate<Isa>(lv, f + D, D);
+          if constexpr (Cfg::prior) {
+            convert_row<Isa>(mp, f + 2 * D, D);
+            moderate = widen_row_exp_args_moderate<Isa>(lvp, f + 3 * D, D) && moderate;
+          }
+          if (K > 0) convert_row<Isa>(gz, f + 4 * D, D);
+          pass(f, f + D, f + 2 * D, f + 3 * D, K > 0 ? f + 4 * D : nullptr, out_f, moderate);
+          if (K == 0 || k == K - 1) {  // the last pass wrote the gradients
+            convert_row<Isa>(out_f.mu, out.mu, D);
+            convert_row<Isa>(out_f.lv, out.lv, D);
+            if constexpr (Cfg::prior) {
+              convert_row<Isa>(out_f.mp, out.mp, D);
+              convert_row<Isa>(out_f.lvp, out.lvp, D);
+            }
+          }
+        } else {
+          pass(mu, lv, mp, lvp, gz, out, row_exp_args_moderate<Cfg>(lv, lvp, D));
+        }
       }
     }
   }
