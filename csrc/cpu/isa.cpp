@@ -9,12 +9,13 @@ namespace fused_kingma::cpu {
 Isa best_supported_isa() {
 #if defined(__x86_64__) || defined(_M_X64)
   __builtin_cpu_init();
+  // F16C is part of both copies' targets (half_convert.cpp). Every AVX2 CPU has it, but a hypervisor may hide it.
+  const bool fma_f16c = __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-      __builtin_cpu_supports("fma")) {
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && fma_f16c) {
     return Isa::Avx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
+  if (__builtin_cpu_supports("avx2") && fma_f16c) return Isa::Avx2;
 #endif
   return Isa::Baseline;
 }
