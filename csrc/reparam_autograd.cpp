@@ -2,8 +2,8 @@
 // reparam_bwd, which regenerates the noise from the saved int64[2] seed_offset: only mu, logvar, the prior
 // and seed_offset are saved, nothing of z's size.
 //
-// Why C++: the same rule registered from Python (torch.library.register_autograd) cost ~90 us per
-// forward+backward in Python frames, 60% of a 64x8 training step's reparameterize; this costs a few us.
+// Why C++: the same rule registered from Python (torch.library.register_autograd) ran Python frames on every
+// call: a 64x8 fp32 forward+backward took 163 us with it and 99 us with this (eager code: 148 us).
 // torch.compile traces through it like through any C++ autograd kernel.
 #include <torch/autograd.h>
 #include <torch/library.h>

@@ -5,7 +5,7 @@ int64 ``seed_offset`` tensor, so nothing of the size of z is saved for backward.
 """
 import torch
 
-from ._ops import ops
+from . import _ops  # noqa: F401  (loads _C, which defines the ops whose fake kernels are registered here)
 
 
 def _with_samples(shape, num_samples):
