@@ -29,12 +29,16 @@ TORCH_LIBRARY(fused_kingma, m) {
   // [reparam schemas]
   // z (num_samples > 1: (K, *mu.shape); 1: mu.shape; 0: empty, KL only), kl (mu.shape[:-1]),
   // log_q, log_p (with_log_prob: (K, *mu.shape[:-1]) or mu.shape[:-1]; else empty). seed_offset: int64[2].
+  // kl_per_dim: kl is instead the KL summed over the rows (every batch dim), per latent dim: shape (D,), in
+  // the compute dtype (float32 for fp32/fp16/bf16, float64 for fp64), summed in an order that does not
+  // depend on the thread count (free_bits builds on it).
   m.def("reparam_fwd(Tensor mu, Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, Tensor seed_offset, "
-        "int num_samples, bool with_log_prob) -> (Tensor, Tensor, Tensor, Tensor)");
+        "int num_samples, bool with_log_prob, bool kl_per_dim=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // Gradients w.r.t. mu, logvar, and the prior (expanded to mu's shape; empty without a prior).
+  // kl_per_dim: grad_kl is the gradient of the per-dim kl (shape (D,)) instead of the per-row one.
   m.def("reparam_bwd(Tensor? grad_z, Tensor grad_kl, Tensor? grad_log_q, Tensor? grad_log_p, Tensor mu, "
-        "Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, Tensor seed_offset, int num_samples) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, Tensor seed_offset, int num_samples, "
+        "bool kl_per_dim=False) -> (Tensor, Tensor, Tensor, Tensor)");
   // Test helpers: Philox words / uniforms / normals of blocks (kind 0/1/2); fastmath functions.
   m.def("philox_debug(int seed, int offset, int first_block, int nblocks, int kind) -> Tensor");
   m.def("fastmath_debug(Tensor x, int fn) -> Tensor");

@@ -24,7 +24,7 @@ const auto& fwd_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fused_kingma::reparam_fwd", "")
                              .typed<FourTensors(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                                const OptTensor&, const at::Tensor&, int64_t, bool)>();
+                                                const OptTensor&, const at::Tensor&, int64_t, bool, bool)>();
   return op;
 }
 
@@ -33,7 +33,8 @@ const auto& bwd_op() {
                              .findSchemaOrThrow("fused_kingma::reparam_bwd", "")
                              .typed<FourTensors(const OptTensor&, const at::Tensor&, const OptTensor&,
                                                 const OptTensor&, const at::Tensor&, const at::Tensor&,
-                                                const OptTensor&, const OptTensor&, const at::Tensor&, int64_t)>();
+                                                const OptTensor&, const OptTensor&, const at::Tensor&, int64_t,
+                                                bool)>();
   return op;
 }
 
@@ -49,10 +50,10 @@ struct ReparamBackwardFunction : public torch::autograd::Function<ReparamBackwar
   static variable_list forward(AutogradContext*, const OptTensor& grad_z, const at::Tensor& grad_kl,
                                const OptTensor& grad_log_q, const OptTensor& grad_log_p, const at::Tensor& mu,
                                const at::Tensor& logvar, const OptTensor& prior_mu, const OptTensor& prior_logvar,
-                               const at::Tensor& seed_offset, int64_t num_samples) {
+                               const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [g_mu, g_lv, g_pmu, g_plv] = bwd_op().call(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, prior_mu,
-                                                    prior_logvar, seed_offset, num_samples);
+                                                    prior_logvar, seed_offset, num_samples, kl_per_dim);
     return {g_mu, g_lv, g_pmu, g_plv};
   }
   static variable_list backward(AutogradContext*, variable_list) { TORCH_CHECK(false, kNoDoubleBackward); }
@@ -61,17 +62,19 @@ struct ReparamBackwardFunction : public torch::autograd::Function<ReparamBackwar
 struct ReparamFunction : public torch::autograd::Function<ReparamFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
                                const OptTensor& prior_mu, const OptTensor& prior_logvar,
-                               const at::Tensor& seed_offset, int64_t num_samples, bool with_log_prob) {
+                               const at::Tensor& seed_offset, int64_t num_samples, bool with_log_prob,
+                               bool kl_per_dim) {
     at::Tensor z, kl, log_q, log_p;
     {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       std::tie(z, kl, log_q, log_p) =
-          fwd_op().call(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, with_log_prob);
+          fwd_op().call(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, with_log_prob, kl_per_dim);
     }
     ctx->save_for_backward({mu, logvar, prior_mu.value_or(at::Tensor()), prior_logvar.value_or(at::Tensor()),
                             seed_offset});
     ctx->saved_data["num_samples"] = num_samples;
     ctx->saved_data["with_log_prob"] = with_log_prob && num_samples > 0;
+    ctx->saved_data["kl_per_dim"] = kl_per_dim;
     ctx->set_materialize_grads(false);  // a missing output gradient is handled below, without a zeros tensor
     return {z, kl, log_q, log_p};
   }
@@ -81,35 +84,38 @@ struct ReparamFunction : public torch::autograd::Function<ReparamFunction> {
     const at::Tensor &mu = saved[0], &logvar = saved[1], &prior_mu = saved[2], &prior_logvar = saved[3];
     const int64_t K = ctx->saved_data["num_samples"].toInt();
     const bool with_log_prob = ctx->saved_data["with_log_prob"].toBool();
-    const auto batch = mu.sizes().slice(0, mu.dim() - 1);
-    at::Tensor grad_kl = grads[1].defined() ? grads[1] : at::zeros(batch, mu.options());
+    const bool kl_per_dim = ctx->saved_data["kl_per_dim"].toBool();
+    // A missing kl gradient is zeros of the kl's shape: (D,) per dim, else the batch shape.
+    const auto kl_shape = kl_per_dim ? mu.sizes().slice(mu.dim() - 1) : mu.sizes().slice(0, mu.dim() - 1);
+    at::Tensor grad_kl = grads[1].defined() ? grads[1] : at::zeros(kl_shape, mu.options());
     OptTensor grad_z;
     if (K > 0) grad_z = grads[0].defined() ? grads[0] : at::zeros(with_samples(mu.sizes(), K), mu.options());
     const OptTensor grad_log_q = with_log_prob ? opt(grads[2]) : std::nullopt;
     const OptTensor grad_log_p = with_log_prob ? opt(grads[3]) : std::nullopt;
     variable_list g = ReparamBackwardFunction::apply(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar,
-                                                     opt(prior_mu), opt(prior_logvar), saved[4], K);
+                                                     opt(prior_mu), opt(prior_logvar), saved[4], K, kl_per_dim);
     at::Tensor g_pmu, g_plv;  // the kernel gives the prior's gradients expanded to mu's shape
     if (prior_mu.defined() && ctx->needs_input_grad(2)) g_pmu = g[2].sum_to_size(prior_mu.sizes());
     if (prior_logvar.defined() && ctx->needs_input_grad(3)) g_plv = g[3].sum_to_size(prior_logvar.sizes());
-    return {g[0], g[1], g_pmu, g_plv, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g[0], g[1], g_pmu, g_plv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 FourTensors reparam_fwd_autograd(const at::Tensor& mu, const at::Tensor& logvar, const OptTensor& prior_mu,
                                  const OptTensor& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
-                                 bool with_log_prob) {
-  const variable_list out =
-      ReparamFunction::apply(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, with_log_prob);
+                                 bool with_log_prob, bool kl_per_dim) {
+  const variable_list out = ReparamFunction::apply(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples,
+                                                   with_log_prob, kl_per_dim);
   return {out[0], out[1], out[2], out[3]};
 }
 
 FourTensors reparam_bwd_autograd(const OptTensor& grad_z, const at::Tensor& grad_kl, const OptTensor& grad_log_q,
                                  const OptTensor& grad_log_p, const at::Tensor& mu, const at::Tensor& logvar,
                                  const OptTensor& prior_mu, const OptTensor& prior_logvar,
-                                 const at::Tensor& seed_offset, int64_t num_samples) {
+                                 const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
   const variable_list out = ReparamBackwardFunction::apply(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar,
-                                                           prior_mu, prior_logvar, seed_offset, num_samples);
+                                                           prior_mu, prior_logvar, seed_offset, num_samples,
+                                                           kl_per_dim);
   return {out[0], out[1], out[2], out[3]};
 }
 

@@ -1,4 +1,5 @@
 """Function-style API: reparameterize and gaussian_kl (fused kernels, see README "Reparameterization")."""
+import math
 import numbers
 
 import torch
@@ -105,26 +106,20 @@ def reparameterize(mu, logvar, *, num_samples=1, prior=None, free_bits=None, ret
     if free_bits is not None and (not isinstance(free_bits, numbers.Real) or not free_bits >= 0):
         raise ValueError(f"free_bits must be None or a number >= 0, got {free_bits!r}")
     seed_offset = _seed_offset(mu, generator, seed, offset)
+    per_dim = free_bits is not None
     z, kl, log_q, log_p = ops.reparam_fwd(mu, logvar, prior_mu, prior_logvar, seed_offset, int(num_samples),
-                                          bool(return_log_prob))
-    if free_bits is not None:
-        kl = _free_bits_kl(mu, logvar, prior_mu, prior_logvar, float(free_bits))
+                                          bool(return_log_prob), per_dim)
+    if per_dim:
+        kl = _free_bits_objective(kl, mu, float(free_bits))
     return (z, kl, log_q, log_p) if return_log_prob else (z, kl)
 
 
-def _free_bits_kl(mu, logvar, prior_mu, prior_logvar, lam):
-    # Per-coordinate KL, averaged over every batch dim, floored at lam per latent dim (plain torch ops), in the
-    # kernels' compute dtype: float64 for float64, else float32 (fp16/bf16 widened first, rounded once at the end).
-    out_dtype = mu.dtype
-    compute = torch.float64 if out_dtype == torch.float64 else torch.float32
-    mu, logvar = mu.to(compute), logvar.to(compute)
-    if prior_mu is None:
-        kl = 0.5 * (logvar.exp() + mu * mu - 1.0 - logvar)
-    else:
-        prior_mu, prior_logvar = prior_mu.to(compute), prior_logvar.to(compute)
-        kl = 0.5 * ((logvar.exp() + (mu - prior_mu) ** 2) * torch.exp(-prior_logvar) - 1.0 + prior_logvar - logvar)
-    per_dim = kl.reshape(-1, mu.shape[-1]).mean(0)
-    return per_dim.clamp(min=lam).sum().to(out_dtype)
+def _free_bits_objective(kl_per_dim, mu, lam):
+    # The kernel summed the KL over every batch dim per latent dim, in the compute dtype (float32, float64 for
+    # float64); the mean over the batch is floored at lam per latent dim, summed and rounded once to mu's dtype.
+    # Autograd takes the floor's gradient (0 where the mean is below lam) back into the kernel's backward.
+    batch = math.prod(mu.shape[:-1])
+    return (kl_per_dim / batch).clamp(min=lam).sum().to(mu.dtype)
 
 
 def gaussian_kl(mu, logvar, prior=None):

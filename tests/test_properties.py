@@ -228,6 +228,4 @@ def test_reparameterize_gradients_match_reference_autograd(shape, layout, dtype,
         summed = want.sum_to_size(leaf.shape)
         reduced = want.numel() // max(1, leaf.numel())
         rounded = want.abs().sum_to_size(leaf.shape) if reduced > 1 else 0.0
-        if free_bits is not None and dtype in LOW:  # kernel's and free-bits ops' gradients: each rounded, then added
-            rounded = rounded + scale
         assert_within_rounding(got, summed, dtype, scale=scale * reduced, rounded_terms=rounded)

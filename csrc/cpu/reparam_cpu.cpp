@@ -22,6 +22,16 @@ ReparamDtype dtype_of(const at::Tensor& t) {
   }
 }
 
+// The dtype the kernels compute in: the per-dim kl's dtype.
+at::ScalarType compute_dtype(const at::Tensor& mu) { return mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+// A gradient expanded to the shape of what it is the gradient of, dense (a clear error when it does not fit).
+at::Tensor expand_grad(const at::Tensor& g, at::IntArrayRef shape, const char* name) {
+  TORCH_CHECK(at::is_expandable_to(g.sizes(), shape), "reparam_bwd: ", name, " of shape ", g.sizes(),
+              " does not broadcast to ", shape);
+  return g.expand(shape).contiguous();
+}
+
 std::pair<uint64_t, uint64_t> read_seed_offset(const at::Tensor& so) {
   TORCH_CHECK(so.scalar_type() == at::kLong && so.numel() == 2, "seed_offset must be an int64 tensor of 2 elements");
   const at::Tensor c = so.to(at::kCPU).contiguous();
@@ -33,7 +43,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
                                                                       const c10::optional<at::Tensor>& prior_mu,
                                                                       const c10::optional<at::Tensor>& prior_logvar,
                                                                       const at::Tensor& seed_offset,
-                                                                      int64_t num_samples, bool with_log_prob) {
+                                                                      int64_t num_samples, bool with_log_prob,
+                                                                      bool kl_per_dim) {
   check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
@@ -44,7 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
   const int64_t rows = c10::multiply_integers(batch);
   const int64_t K = num_samples;
   at::Tensor z = K > 0 ? empty_cached_output(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
-  at::Tensor kl = at::empty(batch, mu.options());
+  // Per dim: (D,) in the compute dtype; zeros, the sum over no rows, when there are none.
+  at::Tensor kl = kl_per_dim ? at::zeros({D}, mu.options().dtype(compute_dtype(mu))) : at::empty(batch, mu.options());
   at::Tensor lq = with_log_prob && K > 0 ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
   at::Tensor lp = with_log_prob && K > 0 ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
   ReparamFwdArgs a{dtype_of(mu),
@@ -62,7 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd(const at:
                    seed,
                    offset,
                    mp.row_stride,
-                   lvp.row_stride};
+                   lvp.row_stride,
+                   kl_per_dim};
   if (rows > 0) reparam_forward_cpu(a);
   return {z, kl, lq, lp};
 }
@@ -71,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
     const c10::optional<at::Tensor>& grad_z, const at::Tensor& grad_kl, const c10::optional<at::Tensor>& grad_log_q,
     const c10::optional<at::Tensor>& grad_log_p, const at::Tensor& mu_in, const at::Tensor& lv_in,
     const c10::optional<at::Tensor>& prior_mu, const c10::optional<at::Tensor>& prior_logvar,
-    const at::Tensor& seed_offset, int64_t num_samples) {
+    const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
   check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
   const bool has_prior = prior_mu.has_value();
@@ -82,7 +95,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
   TORCH_CHECK(K == 0 || grad_z.has_value(), "reparam_bwd: grad_z is required when sampling");
   at::Tensor gz = K > 0 ? grad_z->to(mu.scalar_type()).contiguous() : at::Tensor();
   TORCH_CHECK(K == 0 || gz.numel() == K * mu.numel(), "reparam_bwd: grad_z has the wrong size");
-  const at::Tensor gkl = grad_kl.to(mu.scalar_type()).expand(batch).contiguous();
+  // The kl's gradient: per row in mu's dtype, or per dim (D,) in the compute dtype.
+  const at::Tensor gkl = kl_per_dim ? expand_grad(grad_kl.to(compute_dtype(mu)), {D}, "grad_kl")
+                                    : expand_grad(grad_kl.to(mu.scalar_type()), batch, "grad_kl");
   at::Tensor glq, glp;
   if (grad_log_q.has_value() && K > 0) glq = grad_log_q->to(mu.scalar_type()).contiguous();
   if (grad_log_p.has_value() && K > 0) glp = grad_log_p->to(mu.scalar_type()).contiguous();
@@ -109,7 +124,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
                    seed,
                    offset,
                    mp.row_stride,
-                   lvp.row_stride};
+                   lvp.row_stride,
+                   kl_per_dim};
   if (rows > 0 && D > 0) reparam_backward_cpu(a);
   return {gmu, glv, gmp, glvp};
 }

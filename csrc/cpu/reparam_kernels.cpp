@@ -8,6 +8,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "half_convert.h"
@@ -267,7 +268,14 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
         kl_row<Cfg, false>(mu, lv, mp, lvp, klb, D);
       }
     }
-    if (first_sample) static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
+    if (first_sample) {
+      if (a.kl_per_dim) {  // this row's terms into its group's per-dim sums (rows of a group run in order)
+        A* __restrict group_sums = static_cast<A*>(a.kl_partial) + (r / a.kl_group_rows) * D;
+        for (int64_t j = 0; j < D; ++j) group_sums[j] += klb[j];
+      } else {
+        static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
+      }
+    }
   }
 }
 
@@ -289,8 +297,9 @@ struct GradRows {  // the four gradient rows of one (row, pass): accumulators or
 template <class Cfg, bool kInit, bool kLast, bool kSample, bool kModerateExp, class S = typename Cfg::scalar_t,
           class A = typename Cfg::acc_t>
 FK_ALWAYS_INLINE void bwd_row(const S* __restrict mu, const S* __restrict lv, const S* __restrict mp,
-                              const S* __restrict lvp, const float* __restrict eps, const S* __restrict gz, A gk,
-                              A glp, A lv_const, GradRows<A> acc, GradRows<S> out, int64_t D) {
+                              const S* __restrict lvp, const float* __restrict eps, const S* __restrict gz,
+                              const A* __restrict gk, A glp, A lv_const, GradRows<A> acc, GradRows<S> out,
+                              int64_t D) {
   A* __restrict gmu = acc.mu;
   A* __restrict glv = acc.lv;
   A* __restrict gmp = acc.mp;
@@ -308,11 +317,11 @@ FK_ALWAYS_INLINE void bwd_row(const S* __restrict mu, const S* __restrict lv, co
     if constexpr (kInit) {  // d KL / d(mu, lv, mp, lvp), see math::kl_normal_grad
       const A d = m - pm;
       const A var_ratio = sd * sd * inv_vp;
-      g_mu = gk * d * inv_vp;
-      g_lv = gk * A(0.5) * (var_ratio - A(1)) + lv_const;
+      g_mu = gk[j] * d * inv_vp;
+      g_lv = gk[j] * A(0.5) * (var_ratio - A(1)) + lv_const;
       if constexpr (Cfg::prior) {
         g_mp = -g_mu;
-        g_lvp = gk * A(0.5) * (A(1) - var_ratio - d * d * inv_vp);
+        g_lvp = gk[j] * A(0.5) * (A(1) - var_ratio - d * d * inv_vp);
       }
     }
     if constexpr (kSample) {
@@ -359,7 +368,7 @@ FK_ALWAYS_INLINE void bwd_row(const S* __restrict mu, const S* __restrict lv, co
 // S, or float copies of them (S = float; fp16 on F16C ISAs, see bwd_rows_impl).
 template <class Cfg, bool kModerateExp, class S = typename Cfg::scalar_t, class A = typename Cfg::acc_t>
 FK_ALWAYS_INLINE void bwd_row_pass(int64_t K, int64_t k, const S* mu, const S* lv, const S* mp, const S* lvp,
-                                   const float* eps, const S* gz, A glp, A gk, A lv_const, const GradRows<A>& acc,
+                                   const float* eps, const S* gz, A glp, const A* gk, A lv_const, const GradRows<A>& acc,
                                    const GradRows<S>& out, int64_t D) {
   if (K == 0) {
     bwd_row<Cfg, true, true, false, kModerateExp>(mu, lv, mp, lvp, static_cast<const float*>(nullptr),
@@ -383,6 +392,8 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
   const int64_t tile_rows = rows_per_noise_tile(D);
   std::vector<float> noise(K > 0 ? noise_buffer_len(tile_rows * D) : 0);
   std::vector<A> sums(K > 1 ? 4 * tile_rows * D : 0), row_consts(2 * tile_rows);
+  // d loss / d kl of each coordinate of a row: the row's gk repeated, or with kl_per_dim gkl itself.
+  std::vector<A> gk_repeated(a.kl_per_dim ? 0 : D);
   // fp16 with F16C: the input rows (mu, lv, mp, lvp, gz) and the output rows widened / narrowed around bwd_row.
   std::vector<float> wide(kF16cRows<Isa, S> ? 9 * D : 0);
   A* __restrict gk = row_consts.data();  // d loss / d kl of each row of the tile
@@ -391,7 +402,7 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
     const int64_t rows = std::min(tile_rows, hi - r0);
     for (int64_t i = 0; i < rows; ++i) {
       const int64_t r = r0 + i;
-      gk[i] = static_cast<A>(static_cast<const S*>(a.gkl)[r]);
+      gk[i] = a.kl_per_dim ? A(0) : static_cast<A>(static_cast<const S*>(a.gkl)[r]);
       A glq_sum = 0;  // d log_q / d lv = -1/2 per coordinate and sample (mu cancels through z)
       if (a.glq != nullptr)
         for (int64_t k = 0; k < K; ++k) glq_sum += static_cast<A>(static_cast<const S*>(a.glq)[k * R + r]);
@@ -431,10 +442,15 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
         const float* eps = K > 0 ? eps_tile + i * D : nullptr;
         const S* gz = K > 0 ? static_cast<const S*>(a.gz) + t * D : nullptr;
         const A glp = Cfg::log_p && K > 0 ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
+        const A* gk_row = static_cast<const A*>(a.gkl);
+        if (!a.kl_per_dim) {
+          if (k == 0) std::fill(gk_repeated.begin(), gk_repeated.end(), gk[i]);  // only the first pass reads it
+          gk_row = gk_repeated.data();
+        }
         const auto pass = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t,
                               const auto* gz_t, const auto& out_t, bool moderate) {
-          if (moderate) bwd_row_pass<Cfg, true>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk[i], lv_const[i], acc, out_t, D);
-          else bwd_row_pass<Cfg, false>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk[i], lv_const[i], acc, out_t, D);
+          if (moderate) bwd_row_pass<Cfg, true>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk_row, lv_const[i], acc, out_t, D);
+          else bwd_row_pass<Cfg, false>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk_row, lv_const[i], acc, out_t, D);
         };
         if constexpr (kF16cRows<Isa, S>) {
           float* const f = wide.data();
@@ -548,6 +564,11 @@ void with_scalar(ReparamDtype dt, Fn&& fn) {
   }
 }
 
+// Rows per group of the per-dim KL sums: a function of the shape alone, so the sums (each group's rows in order,
+// then the groups in order) come out the same for any thread count. At most ~128 groups: the partial sums stay
+// small next to mu, and there are still enough groups to share out over the threads.
+int64_t kl_group_rows(int64_t R, int64_t D) { return std::max(grain_rows(D), (R + 127) / 128); }
+
 }  // namespace
 
 void reparam_forward_cpu(const ReparamFwdArgs& a) {
@@ -555,12 +576,32 @@ void reparam_forward_cpu(const ReparamFwdArgs& a) {
   const bool prior = a.mp != nullptr, lp = a.lq != nullptr;
   with_scalar<void>(a.dtype, [&](auto tag) {
     using S = decltype(tag);
-    at::parallel_for(0, rows, grain_rows(a.D), [&](int64_t lo, int64_t hi) {
-      if (prior && lp) fwd_rows<FwdCfg<S, true, true>>(a, lo, hi);
-      else if (prior) fwd_rows<FwdCfg<S, true, false>>(a, lo, hi);
-      else if (lp) fwd_rows<FwdCfg<S, false, true>>(a, lo, hi);
-      else fwd_rows<FwdCfg<S, false, false>>(a, lo, hi);
+    const auto run = [&](const ReparamFwdArgs& args, int64_t lo, int64_t hi) {
+      if (prior && lp) fwd_rows<FwdCfg<S, true, true>>(args, lo, hi);
+      else if (prior) fwd_rows<FwdCfg<S, true, false>>(args, lo, hi);
+      else if (lp) fwd_rows<FwdCfg<S, false, true>>(args, lo, hi);
+      else fwd_rows<FwdCfg<S, false, false>>(args, lo, hi);
+    };
+    if (!a.kl_per_dim) {
+      at::parallel_for(0, rows, grain_rows(a.D), [&](int64_t lo, int64_t hi) { run(a, lo, hi); });
+      return;
+    }
+    // Per-dim KL: each group of G rows (of sample 0) sums its rows into its own partial row; the threads get
+    // whole groups, so a group's rows run in order on one thread.
+    using A = typename AccOf<S>::type;
+    const int64_t G = kl_group_rows(a.R, a.D), groups = (a.R + G - 1) / G, D = a.D;
+    std::vector<A> partial(static_cast<size_t>(groups * D), A(0));
+    ReparamFwdArgs args = a;
+    args.kl_partial = partial.data();
+    args.kl_group_rows = G;
+    const int64_t units = (rows + G - 1) / G;  // groups of G rows of the (sample, row) items
+    at::parallel_for(0, units, std::max<int64_t>(1, grain_rows(D) / G), [&](int64_t lo, int64_t hi) {
+      run(args, lo * G, std::min(hi * G, rows));
     });
+    A* __restrict kl = static_cast<A*>(a.kl);
+    std::fill(kl, kl + D, A(0));
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t j = 0; j < D; ++j) kl[j] += partial[g * D + j];
   });
 }
 

@@ -10,6 +10,8 @@ enum class ReparamDtype : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 // mu, logvar: (R, D) contiguous; prior rows: row r of mp starts at mp + r * mp_row_stride (stride D, or 0 for
 // a prior shared by every row), the same for lvp; z: (K, R, D); kl: (R,); lq, lp: (K, R).
 // K == 0: KL only. Pointers not needed are null.
+// kl_per_dim: kl is instead (D,) in the compute type (float, double for F64): the KL summed over the rows, per
+// latent dim (see reparam_forward_cpu for the order). kl_partial / kl_group_rows are set there, not by callers.
 struct ReparamFwdArgs {
   ReparamDtype dtype;
   const void *mu, *lv, *mp, *lvp;
@@ -17,9 +19,13 @@ struct ReparamFwdArgs {
   int64_t R, D, K;
   uint64_t seed, offset;
   int64_t mp_row_stride, lvp_row_stride;
+  bool kl_per_dim = false;
+  void* kl_partial = nullptr;  // per-dim sums of each group of kl_group_rows rows: (groups, D), compute type
+  int64_t kl_group_rows = 0;
 };
 
-// Gradients. gz: (K, R, D) or null (then K must be 0); gkl: (R,); glq, glp: (K, R) or null.
+// Gradients. gz: (K, R, D) or null (then K must be 0); gkl: (R,), or with kl_per_dim (D,) in the compute type;
+// glq, glp: (K, R) or null.
 // Outputs gmu, glv: (R, D); gmp, glvp: (R, D) when a prior is given (prior rows read as in ReparamFwdArgs).
 struct ReparamBwdArgs {
   ReparamDtype dtype;
@@ -29,6 +35,7 @@ struct ReparamBwdArgs {
   int64_t R, D, K;
   uint64_t seed, offset;
   int64_t mp_row_stride, lvp_row_stride;
+  bool kl_per_dim = false;
 };
 
 void reparam_forward_cpu(const ReparamFwdArgs& a);
