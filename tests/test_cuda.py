@@ -639,6 +639,118 @@ def test_reparam_cuda_graph_captures_backward():
 
 
 # =====================================================================================
+# Per-dim KL (reparam_fwd / reparam_bwd with kl_per_dim, behind free_bits): the KL summed over the rows per latent
+# dim, (D,) in the compute dtype. CUDA sums its rows in other groups than the CPU, so the two agree to the sums'
+# rounding; CUDA against itself, bit for bit.
+# =====================================================================================
+def compute_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# Sums of terms >= 0 (no cancellation) in two orders: a few units of the compute type, relative.
+TOL_KL_SUM = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+# One row, one group of rows, several groups, a 3-D batch, groups of more than 64 rows (70001 rows: 1015 groups).
+PER_DIM_SHAPES = [(1, 5), (65, 8), (200, 5), (3, 7, 33), (70001, 3)]
+
+
+def with_samples(shape, k):
+    return (k, *shape) if k > 1 else tuple(shape)
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(d, marks=[pytest.mark.sanitize] if d == torch.float32 else [])
+                                   for d in DTYPES], ids=str)
+@pytest.mark.parametrize("prior_kind", ["none", "shared", "per_row"])
+@pytest.mark.parametrize("num_samples", [0, 1, 3])
+def test_reparam_cuda_kl_per_dim_matches_cpu(dtype, prior_kind, num_samples):
+    for i, shape in enumerate(PER_DIM_SHAPES):
+        mu, logvar = random_latents(shape, dtype, seed=40 + i)
+        prior = None
+        if prior_kind != "none":  # (D,): read in place with row stride 0; mu's shape: row stride D
+            prior = random_latents(shape[-1:] if prior_kind == "shared" else shape, dtype, seed=60 + i)
+        so = torch.tensor([1234 + i, 8], dtype=torch.int64)
+        g = torch.Generator().manual_seed(80 + i)
+        gkl = torch.randn(shape[-1], generator=g, dtype=torch.float64).to(compute_dtype(dtype))
+        gz = torch.randn(with_samples(shape, num_samples), generator=g, dtype=torch.float64).to(dtype) \
+            if num_samples else None
+        out = {}
+        for dev in ("cpu", CUDA):
+            pm, plv = (p.to(dev) for p in prior) if prior else (None, None)
+            args = (mu.to(dev), logvar.to(dev), pm, plv, so.to(dev), num_samples)
+            fwd = ops.reparam_fwd(*args, num_samples > 0, kl_per_dim=True)
+            per_row = ops.reparam_fwd(*args, num_samples > 0)
+            # Only the kl changes: z and the log-densities are the per-row call's, bit for bit.
+            for name, a, b in zip(("z", "log_q", "log_p"), (fwd[0], fwd[2], fwd[3]),
+                                  (per_row[0], per_row[2], per_row[3])):
+                assert torch.equal(a, b), f"{dev} {shape} {name} differs from the per-row call"
+            grads = ops.reparam_bwd(gz.to(dev) if gz is not None else None, gkl.to(dev), None, None, *args,
+                                    kl_per_dim=True)
+            out[str(dev)] = [fwd[1].cpu()] + [t.cpu() for t in grads]
+        got, want = out[str(CUDA)], out["cpu"]
+        where = f"{shape} prior={prior_kind} K={num_samples}"
+        assert got[0].shape == (shape[-1],) and got[0].dtype == compute_dtype(dtype), where
+        assert_close_scaled(got[0], want[0], TOL_KL_SUM[dtype], f"{where} per-dim kl")
+        for name, a, b in zip(("grad mu", "grad logvar", "grad prior mu", "grad prior logvar"), got[1:], want[1:]):
+            assert_close_scaled(a, b, 4 * TOL_Z[dtype], f"{where} {name}")
+
+
+PER_DIM_LARGE = [(200, 5), (4097, 64), (100003, 7)]  # groups of 64 rows (4, 65 groups); of 98 rows (1021 groups)
+
+
+@pytest.mark.parametrize("shape", PER_DIM_LARGE, ids=str)
+def test_reparam_cuda_kl_per_dim_is_deterministic_and_exact(shape):
+    # The groups of rows depend on the row count alone and each sum runs in order: bit for bit from run to run,
+    # and a float64 sum to float32 rounding.
+    mu, logvar = random_latents(shape, torch.float32, seed=19, device=CUDA)
+    so = torch.tensor([1, 0], dtype=torch.int64, device=CUDA)
+    kls = [ops.reparam_fwd(mu, logvar, None, None, so, 0, False, kl_per_dim=True)[1] for _ in range(2)]
+    assert torch.equal(kls[0], kls[1])
+    m, lv = mu.double(), logvar.double()
+    want = 0.5 * (m.square() + lv.exp() - 1 - lv).sum(0)
+    assert_close_scaled(kls[0].double(), want, 1e-5, "per-dim kl vs float64")
+
+
+@needs_gpu
+@pytest.mark.parametrize("shape", PER_DIM_LARGE, ids=str)
+def test_reparam_cuda_kl_per_dim_does_not_depend_on_num_samples(shape):
+    # On CUDA the per-dim kl always comes from the same two kernels (the sampling kernel leaves it out), so the
+    # number of samples cannot change a bit of it. (The CPU op sums inside its sampling loop: not bitwise there.)
+    mu, logvar = random_latents(shape, torch.float32, seed=20, device="cuda")
+    so = torch.tensor([1, 0], dtype=torch.int64, device="cuda")
+    kls = [ops.reparam_fwd(mu, logvar, None, None, so, k, k > 0, kl_per_dim=True)[1] for k in (0, 1, 3)]
+    assert torch.equal(kls[0], kls[1]) and torch.equal(kls[0], kls[2])
+
+
+def test_reparam_cuda_kl_per_dim_empty_shapes_match_cpu():
+    # No rows: kl is zeros((D,)); no latent dim: an empty kl. Nothing may launch with a zero-sized grid.
+    for shape in [(0, 5), (3, 0)]:
+        for k in (0, 2):
+            mu = torch.randn(shape)
+            outs = {}
+            for dev in ("cpu", CUDA):
+                so = torch.tensor([5, 6], dtype=torch.int64, device=dev)
+                outs[str(dev)] = ops.reparam_fwd(mu.to(dev), mu.to(dev), None, None, so, k, True, kl_per_dim=True)[1]
+            assert torch.equal(outs[str(CUDA)].cpu(), outs["cpu"]), (shape, k)
+            assert torch.equal(outs["cpu"], torch.zeros(shape[-1])), (shape, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_reparam_cuda_free_bits_matches_cpu(dtype):
+    # The public path: reparameterize(free_bits=) floors each dim's batch-mean KL (the per-dim kl / rows), so some
+    # dims pass their gradient and others (below the floor) none.
+    mu, logvar = random_latents((300, 8), dtype, seed=23)
+    mu[:, :3] *= 0.1  # dims whose mean KL sits well below the floor
+    results = {}
+    for dev in ("cpu", CUDA):
+        m = mu.to(dev).requires_grad_()
+        lv = logvar.to(dev).requires_grad_()
+        z, kl = reparam(m, lv, num_samples=2, free_bits=0.3, seed=3, offset=0)
+        (z.square().sum() + 5 * kl).backward()
+        results[str(dev)] = (z.detach(), kl.detach(), m.grad, lv.grad)
+    for name, a, b in zip(("z", "kl", "grad mu", "grad logvar"), results[str(CUDA)], results["cpu"]):
+        assert_close_scaled(a, b, 4 * TOL_Z[dtype], name)
+
+
+# =====================================================================================
 # capturable FusedAdam / FusedAdamW: opt.step() captured in a CUDA graph, replayed, equal to eager steps.
 # =====================================================================================
 def _capturable_pair(cls, lr_kind, shapes, **kw):

@@ -34,7 +34,10 @@ TOL = {torch.float64: 8e-6, torch.float32: 8e-6, torch.float16: 8e-3, torch.bflo
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
-    return ctypes.CDLL(cuda_emu.build(str(tmp_path_factory.mktemp("cuda_emu")), "reparam"))
+    lib = ctypes.CDLL(cuda_emu.build(str(tmp_path_factory.mktemp("cuda_emu")), "reparam"))
+    for fn in (lib.emu_reparam_kl_group_rows, lib.emu_reparam_kl_groups):
+        fn.restype, fn.argtypes = ctypes.c_int64, [ctypes.c_int64]
+    return lib
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +62,23 @@ def with_samples(shape, k):
     return (k, *shape) if k > 1 else tuple(shape)
 
 
-def emulated_forward(lib, mu, logvar, prior, seed_offset, k, log_prob):
+def compute_dtype(dtype):
+    """The kernels' compute dtype, the per-dim kl's dtype: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def emulated_forward(lib, mu, logvar, prior, seed_offset, k, log_prob, kl_per_dim=False):
     batch, d = mu.shape[:-1], mu.shape[-1]
     rows = batch.numel()
     sampled = log_prob and k > 0
     z = mu.new_empty(with_samples(mu.shape, k)) if k > 0 else mu.new_empty(0)
     kl = mu.new_empty(batch)
+    partials = None
+    if kl_per_dim:  # as the CUDA glue: (D,) in the compute dtype (zeros for no rows), (groups, D) float64 scratch
+        # NaN where the kernels must write: a column they skip shows.
+        kl = torch.full((d,), float("nan") if rows else 0.0, dtype=compute_dtype(mu.dtype))
+        groups = lib.emu_reparam_kl_groups(ctypes.c_int64(rows))
+        partials = torch.full((groups, d), float("nan"), dtype=torch.float64) if groups > 1 else None
     lq = mu.new_empty(with_samples(batch, k)) if sampled else mu.new_empty(0)
     lp = mu.new_empty(with_samples(batch, k)) if sampled else mu.new_empty(0)
     (pm, pm_stride), (plv, plv_stride) = (prior_rows(prior[0], mu), prior_rows(prior[1], mu)) if prior else \
@@ -72,15 +86,17 @@ def emulated_forward(lib, mu, logvar, prior, seed_offset, k, log_prob):
     rc = lib.emu_reparam_forward(DTYPE_CODE[mu.dtype], ptr(mu), ptr(logvar), ptr(pm), ptr(plv),
                                  ctypes.c_int64(pm_stride), ctypes.c_int64(plv_stride), ptr(seed_offset), ptr(z),
                                  ptr(kl), ptr(lq), ptr(lp), ctypes.c_int64(rows), ctypes.c_int64(d),
-                                 ctypes.c_int64(k))
+                                 ctypes.c_int64(k), ctypes.c_int(int(kl_per_dim)), ptr(partials))
     assert rc == 0
     return z, kl, lq, lp
 
 
-def emulated_backward(lib, grads, mu, logvar, prior, seed_offset, k):
+def emulated_backward(lib, grads, mu, logvar, prior, seed_offset, k, kl_per_dim=False):
     gz, gkl, glq, glp = grads
     batch, d = mu.shape[:-1], mu.shape[-1]
-    gkl = gkl.expand(batch).contiguous()
+    # As the CUDA glue: per-dim grad_kl as (D,) in the compute dtype, else one per row in mu's dtype.
+    gkl = gkl.to(compute_dtype(mu.dtype)).reshape(-1).expand(d).contiguous() if kl_per_dim else \
+        gkl.expand(batch).contiguous()
     gmu, glv = torch.empty_like(mu), torch.empty_like(mu)
     gpm, gplv = (torch.empty_like(mu), torch.empty_like(mu)) if prior else (mu.new_empty(0), mu.new_empty(0))
     (pm, pm_stride), (plv, plv_stride) = (prior_rows(prior[0], mu), prior_rows(prior[1], mu)) if prior else \
@@ -88,7 +104,8 @@ def emulated_backward(lib, grads, mu, logvar, prior, seed_offset, k):
     rc = lib.emu_reparam_backward(DTYPE_CODE[mu.dtype], ptr(mu), ptr(logvar), ptr(pm), ptr(plv),
                                   ctypes.c_int64(pm_stride), ctypes.c_int64(plv_stride), ptr(seed_offset),
                                   ptr(gz), ptr(gkl), ptr(glq), ptr(glp), ptr(gmu), ptr(glv), ptr(gpm), ptr(gplv),
-                                  ctypes.c_int64(batch.numel()), ctypes.c_int64(d), ctypes.c_int64(k))
+                                  ctypes.c_int64(batch.numel()), ctypes.c_int64(d), ctypes.c_int64(k),
+                                  ctypes.c_int(int(kl_per_dim)))
     assert rc == 0
     return gmu, glv, gpm, gplv
 
@@ -185,6 +202,191 @@ def test_emulated_cuda_reparam_noise_is_the_cpu_stream(lib):
     z = emulated_forward(lib, zeros, zeros, None, so, 4, False)[0]
     want = ops.philox_debug(-5, 123, 0, (z.numel() + 3) // 4, 2)[:z.numel()]
     assert_close(z.flatten(), want, 2e-6, "z = eps")
+
+
+# =====================================================================================
+# Per-dim KL (kl_per_dim, the fused part of free_bits): kl is the KL summed over the rows, per latent dim, in the
+# compute dtype, from two kernels (groups of rows, then the groups); the backward reads grad_kl[j] per column.
+# Checked against float64 torch (and against the CPU op where its build has the flag).
+# =====================================================================================
+def cpu_op_has_kl_per_dim():
+    return all(any(a.name == "kl_per_dim" for a in op.default._schema.arguments)
+               for op in (ops.reparam_fwd, ops.reparam_bwd))
+
+
+def kl_terms64(mu, logvar, prior):
+    """KL(q || p) of every coordinate in float64 (p = N(0, I) without a prior); differentiable."""
+    m, lv = mu.double(), logvar.double()
+    if prior is None:
+        return 0.5 * (lv.exp() + m.square() - 1 - lv)
+    pm, plv = (p.double().expand(mu.shape) for p in prior)
+    return 0.5 * ((lv.exp() + (m - pm).square()) * (-plv).exp() - 1 + plv - lv)
+
+
+def per_dim_inputs(shape, dtype, prior_kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(shape, generator=g).to(dtype)
+    logvar = (0.5 * torch.randn(shape, generator=g)).to(dtype)
+    prior = None
+    if PRIORS[prior_kind] is not None:
+        ps = PRIORS[prior_kind](shape)
+        prior = (torch.randn(ps, generator=g).to(dtype), (0.3 * torch.randn(ps, generator=g)).to(dtype))
+    so = torch.tensor([seed * 7919 + 1, 2**40 + seed], dtype=torch.int64)
+    return mu, logvar, prior, so
+
+
+# Row counts around the group size (64 rows a group up to 64 * 1024 rows: one group up to 64 rows, then partials),
+# a 3-D batch, last dims of 1, odd and a multiple of 4 (the backward's vector path).
+PER_DIM_SHAPES = [(1, 5), (63, 8), (64, 1), (65, 5), (200, 8), (4, 50, 1)]
+# The column sums in float32 against float64: the terms' rounding plus a sum's (terms >= 0, no cancellation).
+KL_SUM_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
+
+
+def test_emulated_cuda_kl_groups_follow_the_formula(lib):
+    # launch.h: G = max(64, ceil(rows / 1024)) rows a group, ceil(rows / G) <= 1024 groups covering the rows.
+    for rows in [1, 2, 63, 64, 65, 200, 4096, 65535, 65536, 65537, 70001, 10**6, 2**31 + 7, 2**40 + 3]:
+        g = max(64, -(-rows // 1024))
+        groups = -(-rows // g)
+        assert lib.emu_reparam_kl_group_rows(rows) == g, rows
+        assert lib.emu_reparam_kl_groups(rows) == groups, rows
+        assert groups <= 1024 and (groups - 1) * g < rows <= groups * g, rows
+    assert lib.emu_reparam_kl_groups(0) == 0
+    # Several groups and no scratch for their partials: refused, not written through a null pointer.
+    mu = torch.zeros(65, 3)
+    kl = torch.empty(3)
+    rc = lib.emu_reparam_forward(0, ptr(mu), ptr(mu), None, None, ctypes.c_int64(0), ctypes.c_int64(0),
+                                 ptr(torch.zeros(2, dtype=torch.int64)), None, ptr(kl), None, None,
+                                 ctypes.c_int64(65), ctypes.c_int64(3), ctypes.c_int64(0), ctypes.c_int(1), None)
+    assert rc != 0
+
+
+# Every prior layout in float32; the other dtypes with one layout each (the emulation runs blocks one by one).
+@pytest.mark.parametrize("dtype, prior_kind", [(torch.float32, "none"), (torch.float32, "shared"),
+                                               (torch.float32, "per_row"), (torch.float64, "shared"),
+                                               (torch.float16, "per_row"), (torch.bfloat16, "none")], ids=str)
+def test_emulated_cuda_kl_per_dim_forward(lib, dtype, prior_kind):
+    check_cpu = cpu_op_has_kl_per_dim()
+    for i, shape in enumerate(PER_DIM_SHAPES):
+        mu, logvar, prior, so = per_dim_inputs(shape, dtype, prior_kind, seed=300 + i)
+        want = kl_terms64(mu, logvar, prior).reshape(-1, shape[-1]).sum(0)
+        for k in (0, 1, 3):
+            where = f"{dtype} {shape} prior={prior_kind} K={k}"
+            got = emulated_forward(lib, mu, logvar, prior, so, k, k > 0, kl_per_dim=True)
+            assert got[1].shape == (shape[-1],) and got[1].dtype == compute_dtype(dtype), where
+            assert_close(got[1], want, KL_SUM_TOL[dtype], f"{where} per-dim kl")
+            if k == 0 or mu.numel() // shape[-1] > 65:  # 200 rows: the same code as these, slow to emulate
+                continue
+            # Only the kl changes: z and the log-densities are those of the per-row call, bit for bit.
+            rows_call = emulated_forward(lib, mu, logvar, prior, so, k, True)
+            for name, a, b in zip(("z", "log_q", "log_p"), (got[0], got[2], got[3]),
+                                  (rows_call[0], rows_call[2], rows_call[3])):
+                assert torch.equal(a, b), f"{where} {name} differs from the per-row call"
+            if check_cpu:
+                pm, plv = prior if prior else (None, None)
+                cpu = ops.reparam_fwd(mu, logvar, pm, plv, so, k, k > 0, kl_per_dim=True)
+                assert cpu[1].dtype == got[1].dtype, where
+                assert_close(got[1], cpu[1], KL_SUM_TOL[dtype], f"{where} per-dim kl vs CPU op")
+
+
+@pytest.mark.parametrize("prior_kind", ["none", "shared"])
+def test_emulated_cuda_kl_per_dim_many_groups(lib, prior_kind):
+    # Past 64 * 1024 rows: groups of 69 rows (the last one shorter), 1015 partials a column.
+    shape = (70001, 2)
+    assert lib.emu_reparam_kl_group_rows(shape[0]) == 69 and lib.emu_reparam_kl_groups(shape[0]) == 1015
+    mu, logvar, prior, so = per_dim_inputs(shape, torch.float32, prior_kind, seed=7)
+    want = kl_terms64(mu, logvar, prior).sum(0)
+    # Without samples (only the two KL kernels run: 70001 rows of the sampling kernel are slow to emulate).
+    kl = emulated_forward(lib, mu, logvar, prior, so, 0, False, kl_per_dim=True)[1]
+    assert_close(kl, want, 1e-5, f"{shape} prior={prior_kind} per-dim kl")
+
+
+def test_emulated_cuda_kl_per_dim_is_deterministic(lib):
+    # Each column sum runs in a fixed order (rows of a group, then the groups): two runs agree to the bit.
+    for shape, prior_kind, k in [((200, 5), "shared", 1), ((70001, 2), "none", 0)]:
+        mu, logvar, prior, so = per_dim_inputs(shape, torch.float32, prior_kind, seed=8)
+        runs = [emulated_forward(lib, mu, logvar, prior, so, k, False, kl_per_dim=True)[1] for _ in range(2)]
+        assert torch.equal(runs[0], runs[1]), shape
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0)], ids=str)
+def test_emulated_cuda_kl_per_dim_empty(lib, shape):
+    # No rows: kl is zeros (written by the glue; no kernel runs). No latent dim: an empty kl, nothing launched.
+    mu = torch.zeros(shape)
+    for k in (0, 2):
+        kl = emulated_forward(lib, mu, mu, None, torch.tensor([1, 2]), k, False, kl_per_dim=True)[1]
+        assert torch.equal(kl, torch.zeros(shape[-1])), (shape, k)
+
+
+def reference_backward64(grads, mu, logvar, prior, seed_offset, k, c):
+    """Float64 autograd of sum_j c_j sum_r KL_rj + <grad_z, z> + <grad_log_q, log q> + <grad_log_p, log p>, on the
+    kernels' noise (the CPU stream's float32 normals); the prior's grads w.r.t. the prior expanded to mu's shape."""
+    gz, _, glq, glp = grads
+    d = mu.shape[-1]
+    m = mu.to(torch.float64, copy=True).requires_grad_()  # a copy: never mark the caller's float64 tensors
+    lv = logvar.to(torch.float64, copy=True).requires_grad_()
+    leaves = [m, lv]
+    pr = None
+    if prior:
+        pr = tuple(p.double().expand(mu.shape).clone().requires_grad_() for p in prior)
+        leaves += list(pr)
+    loss = (kl_terms64(m, lv, pr).reshape(-1, d).sum(0) * c.double()).sum()
+    if k > 0:
+        n = k * mu.numel()
+        seed, offset = (int(v) for v in seed_offset)
+        eps = ops.philox_debug(seed, offset, 0, (n + 3) // 4, 2)[:n].double().reshape(k, *mu.shape)
+        z = m + (0.5 * lv).exp() * eps
+        loss = loss + (gz.double().reshape(z.shape) * z).sum()
+        if glq is not None:
+            log_q = (-0.5 * (eps.square() + lv)).sum(-1)  # eps fixed: the constant -D/2 ln(2 pi) has no grad
+            log_p = (-0.5 * ((z - pr[0]).square() * (-pr[1]).exp() + pr[1])).sum(-1) if pr else \
+                (-0.5 * z.square()).sum(-1)
+            loss = loss + (glq.double().reshape(log_q.shape) * log_q).sum() + \
+                (glp.double().reshape(log_p.shape) * log_p).sum()
+    loss.backward()
+    out = [t.grad.to(mu.dtype) for t in leaves]
+    return out if prior else out + [mu.new_empty(0), mu.new_empty(0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("prior_kind", ["none", "shared", "per_row"])
+def test_emulated_cuda_kl_per_dim_backward(lib, dtype, prior_kind):
+    check_cpu = cpu_op_has_kl_per_dim()
+    for i, shape in enumerate([(1, 5), (63, 8), (65, 5), (200, 1), (4, 50, 8)]):
+        mu, logvar, prior, so = per_dim_inputs(shape, dtype, prior_kind, seed=400 + i)
+        batch, d = shape[:-1], shape[-1]
+        g = torch.Generator().manual_seed(500 + i)
+        for k in (0, 1, 3):
+            for log_prob in ((False, True) if k else (False,)):
+                c = torch.randn(d, generator=g).to(compute_dtype(dtype))  # the per-dim kl's grad
+                grads = (torch.randn(with_samples(shape, k), generator=g).to(dtype) if k else None, c,
+                         torch.randn(with_samples(batch, k), generator=g).to(dtype) if log_prob else None,
+                         torch.randn(with_samples(batch, k), generator=g).to(dtype) if log_prob else None)
+                where = f"{dtype} {shape} prior={prior_kind} K={k} log_prob={log_prob}"
+                got = emulated_backward(lib, grads, mu, logvar, prior, so, k, kl_per_dim=True)
+                want = reference_backward64(grads, mu, logvar, prior, so, k, c)
+                names = ("grad mu", "grad logvar", "grad prior mu", "grad prior logvar")
+                for name, a, b in zip(names, got, want):
+                    assert_close(a, b, TOL[dtype], f"{where} {name}")
+                if check_cpu:
+                    pm, plv = prior if prior else (None, None)
+                    cpu = ops.reparam_bwd(*grads, mu, logvar, pm, plv, so, k, kl_per_dim=True)
+                    for name, a, b in zip(names, got, cpu):
+                        assert_close(a, b, TOL[dtype], f"{where} {name} vs CPU op")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_emulated_cuda_kl_per_dim_backward_with_equal_grads_is_the_per_row_one(lib, dtype):
+    # The same grad for every dim and every row: grad_kl[j] and grad_kl[r] are the same number, so the two modes
+    # run the same arithmetic (scalar path D = 5, vector path D = 8).
+    for shape in [(65, 5), (9, 8)]:
+        mu, logvar, prior, so = per_dim_inputs(shape, dtype, "shared", seed=600)
+        gz = torch.randn(with_samples(shape, 2), generator=torch.Generator().manual_seed(601)).to(dtype)
+        per_dim = emulated_backward(lib, (gz, torch.full((shape[-1],), 0.75), None, None), mu, logvar, prior, so, 2,
+                                    kl_per_dim=True)
+        per_row = emulated_backward(lib, (gz, torch.full(shape[:-1], 0.75, dtype=dtype), None, None), mu, logvar,
+                                    prior, so, 2)
+        for a, b in zip(per_dim, per_row):
+            assert torch.equal(a, b), shape
 
 
 # =====================================================================================

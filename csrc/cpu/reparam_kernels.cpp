@@ -270,8 +270,8 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
     }
     if (first_sample) {
       if (a.kl_per_dim) {  // this row's terms into its group's per-dim sums (rows of a group run in order)
-        A* __restrict group_sums = static_cast<A*>(a.kl_partial) + (r / a.kl_group_rows) * D;
-        for (int64_t j = 0; j < D; ++j) group_sums[j] += klb[j];
+        double* __restrict group_sums = a.kl_partial + (r / a.kl_group_rows) * D;
+        for (int64_t j = 0; j < D; ++j) group_sums[j] += static_cast<double>(klb[j]);
       } else {
         static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
       }
@@ -587,10 +587,11 @@ void reparam_forward_cpu(const ReparamFwdArgs& a) {
       return;
     }
     // Per-dim KL: each group of G rows (of sample 0) sums its rows into its own partial row; the threads get
-    // whole groups, so a group's rows run in order on one thread.
+    // whole groups, so a group's rows run in order on one thread. The sums are double: the terms are >= 0, so
+    // a float sum over a long group would drift by up to G ulp; double costs one conversion per term.
     using A = typename AccOf<S>::type;
     const int64_t G = kl_group_rows(a.R, a.D), groups = (a.R + G - 1) / G, D = a.D;
-    std::vector<A> partial(static_cast<size_t>(groups * D), A(0));
+    std::vector<double> partial(static_cast<size_t>(groups * D), 0.0);
     ReparamFwdArgs args = a;
     args.kl_partial = partial.data();
     args.kl_group_rows = G;
@@ -598,10 +599,11 @@ void reparam_forward_cpu(const ReparamFwdArgs& a) {
     at::parallel_for(0, units, std::max<int64_t>(1, grain_rows(D) / G), [&](int64_t lo, int64_t hi) {
       run(args, lo * G, std::min(hi * G, rows));
     });
-    A* __restrict kl = static_cast<A*>(a.kl);
-    std::fill(kl, kl + D, A(0));
+    std::vector<double> total(static_cast<size_t>(D), 0.0);
     for (int64_t g = 0; g < groups; ++g)
-      for (int64_t j = 0; j < D; ++j) kl[j] += partial[g * D + j];
+      for (int64_t j = 0; j < D; ++j) total[j] += partial[g * D + j];
+    A* __restrict kl = static_cast<A*>(a.kl);
+    for (int64_t j = 0; j < D; ++j) kl[j] = static_cast<A>(total[j]);
   });
 }
 

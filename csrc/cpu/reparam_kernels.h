@@ -20,7 +20,7 @@ struct ReparamFwdArgs {
   uint64_t seed, offset;
   int64_t mp_row_stride, lvp_row_stride;
   bool kl_per_dim = false;
-  void* kl_partial = nullptr;  // per-dim sums of each group of kl_group_rows rows: (groups, D), compute type
+  double* kl_partial = nullptr;  // per-dim sums of each group of kl_group_rows rows: (groups, D)
   int64_t kl_group_rows = 0;
 };
 

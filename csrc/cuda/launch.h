@@ -99,18 +99,41 @@ struct ReparamInputs {
   int64_t prior_mu_row_stride, prior_logvar_row_stride;
   const int64_t* seed_offset;  // device memory
   int64_t rows, dim, num_samples;
+  // kl is per latent dim, summed over the rows: (dim,) in the compute type (float, double for f64), not per row.
+  // free_bits clamps the batch mean of each dim's KL, so the rows' sum is what it needs, not rows x dim terms.
+  bool kl_per_dim;
 };
+
+// Per-dim KL: the rows are cut into reparam_kl_groups(rows) groups of reparam_kl_group_rows(rows) consecutive
+// rows (the last one shorter); each group's rows are summed in row order, then the groups in order. Both counts
+// depend on `rows` alone, so the sum is the same bits for any grid size, with no atomics. At least 64 rows a
+// group, so a thread's loop is long enough to pay for its partial's store and reload; at most 1024 groups, so
+// the partials stay small (1024 x dim) and the final pass over them is short.
+constexpr int64_t kKlGroupMinRows = 64;
+constexpr int64_t kKlMaxGroups = 1024;
+
+constexpr int64_t reparam_kl_group_rows(int64_t rows) {
+  const int64_t spread = (rows + kKlMaxGroups - 1) / kKlMaxGroups;
+  return spread > kKlGroupMinRows ? spread : kKlGroupMinRows;
+}
+
+constexpr int64_t reparam_kl_groups(int64_t rows) {
+  return rows > 0 ? (rows + reparam_kl_group_rows(rows) - 1) / reparam_kl_group_rows(rows) : 0;
+}
 
 struct ReparamForwardArgs : ReparamInputs {
   void* z;                   // (num_samples, rows, dim); nullptr when num_samples == 0 (KL only)
-  void* kl;                  // (rows,)
+  void* kl;                  // (rows,); with kl_per_dim (dim,) in the compute type
   void* log_q;               // (num_samples, rows) or nullptr
   void* log_p;               // (num_samples, rows), with log_q
+  // kl_per_dim: scratch of (reparam_kl_groups(rows), dim) doubles for the groups' partial sums
+  // (the caller allocates it: the kernels take no allocator). nullptr when there is one group (its sum is kl).
+  void* kl_partials;
 };
 
 struct ReparamBackwardArgs : ReparamInputs {
   const void* grad_z;        // (num_samples, rows, dim); nullptr when num_samples == 0
-  const void* grad_kl;       // (rows,)
+  const void* grad_kl;       // (rows,); with kl_per_dim (dim,) in the compute type
   const void* grad_log_q;    // (num_samples, rows) or nullptr (zero)
   const void* grad_log_p;    // (num_samples, rows) or nullptr (zero)
   void* grad_mu;             // (rows, dim)

@@ -8,8 +8,13 @@
 // index (one Philox call per 4 elements) and sums KL / log q / log p over the row with a fixed shuffle
 // tree: deterministic, no atomics. The KL of row r is computed with its first sample (or alone when
 // num_samples == 0).
+// Per-dim KL (kl_per_dim, for free_bits): the forward kernel leaves the KL out; a thread per (group of rows,
+// column) sums its column over the group's rows in row order into a double partial (consecutive threads take
+// consecutive columns: coalesced loads), then a thread per column sums the groups' partials in order. The
+// groups depend on the row count alone (launch.h), so the sums are the same bits for any grid, no atomics.
 // Backward: a thread per 4 consecutive elements of mu, looping over the samples with the noise
-// regenerated; no reductions (the per-row sums over samples of grad_log_q are per element loops).
+// regenerated; no reductions (the per-row sums over samples of grad_log_q are per element loops). With
+// kl_per_dim the KL's output grad of element (r, j) is grad_kl[j] (the per-dim kl's) instead of grad_kl[r].
 // Rows of a multiple of 4 elements with aligned arrays use 16-byte loads and stores (fp64: two).
 #include "cuda/device_common.cuh"
 #include "cuda/launch.h"
@@ -125,7 +130,7 @@ __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kTPR; t < items;
        t += static_cast<int64_t>(gridDim.x) * kItemsPerBlock) {
     const int64_t r = sampling ? t % R : t;
-    const bool first = t < R;  // the KL of row r goes with its first sample
+    const bool first = !a.kl_per_dim && t < R;  // the KL of row r goes with its first sample (per-dim: elsewhere)
     const int64_t row = r * D, prow_mu = r * a.prior_mu_row_stride, prow_lv = r * a.prior_logvar_row_stride;
     C kl_acc = 0, lq_acc = 0, lp_acc = 0;
     if (sampling) {
@@ -218,14 +223,17 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
     const int64_t i0 = 4 * u;
     const int count = N - i0 < 4 ? static_cast<int>(N - i0) : 4;
     const bool vec = vec_ok && count == 4;
-    int64_t row[4];
+    int64_t row[4], col[4];
     C m[4], l[4], pm[4] = {}, plv[4] = {}, sd[4], inv_vp[4], g_mu[4], g_lv[4], g_pm[4], g_plv[4];
     load4<T>(a.mu, i0, count, vec, m);
     load4<T>(a.logvar, i0, count, vec, l);
     if (vec) {
       const int64_t r = i0 / D, j = i0 - r * D;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) row[q] = r;
+      for (int q = 0; q < 4; ++q) {
+        row[q] = r;
+        col[q] = j + q;
+      }
       if constexpr (kPrior) {
         load4<T>(a.prior_mu, r * a.prior_mu_row_stride + j, 4, true, pm);
         load4<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j, 4, true, plv);
@@ -236,6 +244,7 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
         const int64_t i = q < count ? i0 + q : i0;  // past the end: element i0 again, never stored
         const int64_t r = i / D, j = i - r * D;
         row[q] = r;
+        col[q] = j;
         if constexpr (kPrior) {
           pm[q] = load<T>(a.prior_mu, r * a.prior_mu_row_stride + j);
           plv[q] = load<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j);
@@ -248,7 +257,7 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
       sd[q] = math::gexp(C(0.5) * l[q]);
       // exp(-lvp) for the log_p gradient below: once per element, not once per sample.
       inv_vp[q] = a.grad_log_p != nullptr ? math::gexp(-plv[q]) : C(1);
-      const C gk = load<T>(a.grad_kl, r);
+      const C gk = a.kl_per_dim ? static_cast<const C*>(a.grad_kl)[col[q]] : load<T>(a.grad_kl, r);
       const math::KlGrad<C> kg = math::kl_normal_grad(m[q], l[q], pm[q], plv[q]);
       C lv_const = 0;  // d log_q / d lv = -1/2 per sample (log_q_term with eps fixed; mu cancels through z)
       if (a.grad_log_q != nullptr)
@@ -297,20 +306,83 @@ __global__ void __launch_bounds__(kThreads) reparam_backward_kernel(const __grid
   }
 }
 
+// Per-dim KL, first pass: thread w = g * dim + j sums column j's KL over rows [g G, min(rows, (g + 1) G)) in
+// row order, in double (the terms are >= 0, so a float sum of a long group would drift by up to G ulp), into
+// partials[w], or into kl itself (rounded to C) when there is a single group (partials == nullptr). Mu, logvar
+// and the prior are read as the forward kernel reads them (rows of dim, prior rows through their row strides).
+template <class T, bool kPrior>
+__global__ void __launch_bounds__(kThreads)
+    kl_column_partials_kernel(const __grid_constant__ ReparamForwardArgs a, int64_t group_rows, int64_t groups,
+                              double* __restrict__ partials) {
+  using C = typename OpMath<T>::type;
+  const int64_t D = a.dim, R = a.rows, work = groups * D;
+  for (int64_t w = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; w < work;
+       w += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int64_t g = w / D, j = w - g * D;
+    const int64_t begin = g * group_rows, end = R - begin < group_rows ? R : begin + group_rows;
+    double acc = 0;
+    for (int64_t r = begin; r < end; ++r) {
+      const C m = load<T>(a.mu, r * D + j), l = load<T>(a.logvar, r * D + j);
+      const C pm = kPrior ? load<T>(a.prior_mu, r * a.prior_mu_row_stride + j) : C(0);
+      const C plv = kPrior ? load<T>(a.prior_logvar, r * a.prior_logvar_row_stride + j) : C(0);
+      acc += static_cast<double>(kl_term<kPrior>(m, l, pm, plv));
+    }
+    if (partials != nullptr) {
+      partials[w] = acc;
+    } else {
+      static_cast<C*>(a.kl)[w] = static_cast<C>(acc);
+    }
+  }
+}
+
+// Per-dim KL, second pass: kl[j] = the partials of column j summed over the groups in order (double), rounded to
+// the compute type C once.
+template <class C>
+__global__ void __launch_bounds__(kThreads)
+    kl_column_total_kernel(const double* __restrict__ partials, int64_t groups, int64_t dim, C* __restrict__ kl) {
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; j < dim;
+       j += static_cast<int64_t>(gridDim.x) * kThreads) {
+    double acc = 0;
+    for (int64_t g = 0; g < groups; ++g) acc += partials[g * dim + j];
+    kl[j] = static_cast<C>(acc);
+  }
+}
+
 unsigned grid_for(int64_t work_items, int64_t per_block) {
   const int64_t g = (work_items + per_block - 1) / per_block;
   return static_cast<unsigned>(g < kMaxGrid ? g : kMaxGrid);
 }
 
+// The per-dim KL's two passes (one when there is a single group: its partial is the total, same bits).
+template <class T, bool kPrior>
+cudaError_t kl_columns(const ReparamForwardArgs& a, cudaStream_t stream) {
+  using C = typename OpMath<T>::type;
+  const int64_t group_rows = reparam_kl_group_rows(a.rows), groups = reparam_kl_groups(a.rows);
+  if (a.dim <= 0) return cudaSuccess;  // nothing to sum, and a grid of 0 blocks is a launch error
+  if (groups > 1 && a.kl_partials == nullptr) return cudaErrorInvalidValue;
+  double* partials = groups > 1 ? static_cast<double*>(a.kl_partials) : nullptr;
+  const unsigned grid = grid_for(groups * a.dim, kThreads);
+  kl_column_partials_kernel<T, kPrior><<<grid, kThreads, 0, stream>>>(a, group_rows, groups, partials);
+  if (groups == 1) return cudaGetLastError();
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  kl_column_total_kernel<C><<<grid_for(a.dim, kThreads), kThreads, 0, stream>>>(partials, groups, a.dim,
+                                                                               static_cast<C*>(a.kl));
+  return cudaGetLastError();
+}
+
 template <class T, bool kPrior>
 cudaError_t forward(const ReparamForwardArgs& a, cudaStream_t stream) {
   const int64_t items = a.num_samples > 0 ? a.num_samples * a.rows : a.rows;
-  if (a.dim >= 1024) {
-    reparam_forward_kernel<T, kThreads, kPrior><<<grid_for(items, 1), kThreads, 0, stream>>>(a);
-  } else {
-    reparam_forward_kernel<T, 32, kPrior><<<grid_for(items, kThreads / 32), kThreads, 0, stream>>>(a);
+  // Per-dim KL without samples: the main kernel would have nothing left to do.
+  if (!a.kl_per_dim || a.num_samples > 0) {
+    if (a.dim >= 1024) {
+      reparam_forward_kernel<T, kThreads, kPrior><<<grid_for(items, 1), kThreads, 0, stream>>>(a);
+    } else {
+      reparam_forward_kernel<T, 32, kPrior><<<grid_for(items, kThreads / 32), kThreads, 0, stream>>>(a);
+    }
+    if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   }
-  return cudaGetLastError();
+  return a.kl_per_dim ? kl_columns<T, kPrior>(a, stream) : cudaSuccess;
 }
 
 template <class T, bool kPrior>

@@ -4,7 +4,9 @@
 // expanded to mu's shape. (seed, offset) stay on the GPU: the kernels read them from seed_offset,
 // which fused_kingma draws there with a torch RNG op, so nothing here syncs with the host and a
 // captured graph draws fresh noise on each replay. A seed_offset on the CPU (explicit seeds for a
-// CUDA mu) is copied over, which is not capturable.
+// CUDA mu) is copied over, which is not capturable. kl_per_dim (free_bits): kl is (D,) in the compute dtype,
+// summed over the rows by two kernels through a (groups, D) scratch this file allocates; the backward reads
+// grad_kl as (D,) in the compute dtype.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -33,11 +35,16 @@ at::Tensor seed_offset_on(const at::Tensor& so, const at::Tensor& mu) {
 
 void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr; }
 
+// The dtype the kernels compute in (and the per-dim kl's dtype): float64 for float64, else float32.
+at::ScalarType compute_dtype(const at::Tensor& mu) {
+  return mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 cudaStream_t current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 // The inputs both kernels read (the tensors must stay alive until the launch is enqueued).
 cuda::ReparamInputs reparam_inputs(cuda::Dtype dtype, const at::Tensor& mu, const at::Tensor& lv, const PriorRows& mp,
-                                   const PriorRows& lvp, const at::Tensor& so, int64_t K) {
+                                   const PriorRows& lvp, const at::Tensor& so, int64_t K, bool kl_per_dim) {
   cuda::ReparamInputs in{};
   in.dtype = dtype;
   in.mu = mu.data_ptr();
@@ -50,13 +57,14 @@ cuda::ReparamInputs reparam_inputs(cuda::Dtype dtype, const at::Tensor& mu, cons
   in.rows = c10::multiply_integers(mu.sizes().slice(0, mu.dim() - 1));
   in.dim = mu.size(-1);
   in.num_samples = K;
+  in.kl_per_dim = kl_per_dim;
   return in;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
     const at::Tensor& mu_in, const at::Tensor& lv_in, const std::optional<at::Tensor>& prior_mu,
     const std::optional<at::Tensor>& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
-    bool with_log_prob) {
+    bool with_log_prob, bool kl_per_dim) {
   check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
@@ -67,16 +75,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
   const int64_t K = num_samples;
   const bool log_prob = with_log_prob && K > 0;
   at::Tensor z = K > 0 ? at::empty(with_samples(mu.sizes(), K), mu.options()) : at::empty({0}, mu.options());
-  at::Tensor kl = at::empty(batch, mu.options());
+  const int64_t rows = c10::multiply_integers(batch), D = mu.size(-1);
+  const at::TensorOptions per_dim = mu.options().dtype(compute_dtype(mu));
+  // Per-dim with no rows: the sum over none is 0, and no kernel runs to write it.
+  at::Tensor kl = !kl_per_dim ? at::empty(batch, mu.options())
+                  : rows > 0  ? at::empty({D}, per_dim)
+                              : at::zeros({D}, per_dim);
+  // The groups' partial sums (none for a single group: its sum goes to kl). Freed on return, after the launches
+  // are enqueued: the caching allocator hands the block out again only to work queued after them on this stream.
+  const int64_t groups = kl_per_dim ? cuda::reparam_kl_groups(rows) : 0;
+  const at::Tensor kl_partials = groups > 1 ? at::empty({groups, D}, mu.options().dtype(at::kDouble)) : at::Tensor();
   at::Tensor lq = log_prob ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
   at::Tensor lp = log_prob ? at::empty(with_samples(batch, K), mu.options()) : at::empty({0}, mu.options());
 
   cuda::ReparamForwardArgs a{};
-  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K);
+  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K, kl_per_dim);
   a.z = ptr_or_null(z);
   a.kl = ptr_or_null(kl);
   a.log_q = ptr_or_null(lq);  // empty without log-probs
   a.log_p = ptr_or_null(lp);
+  a.kl_partials = ptr_or_null(kl_partials);  // undefined unless per-dim with several groups
   check_launch(cuda::reparam_forward(a, current_stream(mu)), "reparam_fwd");
   return {z, kl, lq, lp};
 }
@@ -85,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
     const std::optional<at::Tensor>& grad_z, const at::Tensor& grad_kl, const std::optional<at::Tensor>& grad_log_q,
     const std::optional<at::Tensor>& grad_log_p, const at::Tensor& mu_in, const at::Tensor& lv_in,
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
-    const at::Tensor& seed_offset, int64_t num_samples) {
+    const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
   check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
@@ -94,6 +112,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const int64_t K = num_samples;
   const auto batch = mu.sizes().slice(0, mu.dim() - 1);
+  const int64_t rows = c10::multiply_integers(batch), D = mu.size(-1);
   // Output grads as dense tensors of mu's dtype on mu's device (conversions are device kernels).
   const auto dense = [&](const at::Tensor& g, const char* name) {
     TORCH_CHECK(g.device() == mu.device(), "reparam_bwd: ", name, " must be on mu's device ", mu.device(), ", got ",
@@ -103,19 +122,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   TORCH_CHECK(K == 0 || grad_z.has_value(), "reparam_bwd: grad_z is required when sampling");
   const at::Tensor gz = K > 0 ? dense(*grad_z, "grad_z") : at::Tensor();
   TORCH_CHECK(K == 0 || gz.numel() == K * mu.numel(), "reparam_bwd: grad_z has the wrong size");
-  const at::Tensor gkl = dense(grad_kl, "grad_kl").expand(batch).contiguous();
+  // Per-dim: the grad of the (D,) compute-dtype kl, read by the kernel as is (a single number broadcasts).
+  TORCH_CHECK(!kl_per_dim || grad_kl.numel() == D || grad_kl.numel() == 1,
+              "reparam_bwd: with kl_per_dim, grad_kl must have D = ", D, " elements (the per-dim kl's shape) or 1, "
+              "got shape ", shape_str(grad_kl.sizes()));
+  TORCH_CHECK(!kl_per_dim || grad_kl.device() == mu.device(), "reparam_bwd: grad_kl must be on mu's device ",
+              mu.device(), ", got ", grad_kl.device());
+  const at::Tensor gkl = kl_per_dim ? grad_kl.to(compute_dtype(mu)).reshape({-1}).expand({D}).contiguous()
+                                    : dense(grad_kl, "grad_kl").expand(batch).contiguous();
   at::Tensor glq, glp;
   if (grad_log_q.has_value() && K > 0) glq = dense(*grad_log_q, "grad_log_q");
   if (grad_log_p.has_value() && K > 0) glp = dense(*grad_log_p, "grad_log_p");
-  TORCH_CHECK(!glq.defined() || glq.numel() == K * gkl.numel(), "reparam_bwd: grad_log_q has the wrong size");
-  TORCH_CHECK(!glp.defined() || glp.numel() == K * gkl.numel(), "reparam_bwd: grad_log_p has the wrong size");
+  TORCH_CHECK(!glq.defined() || glq.numel() == K * rows, "reparam_bwd: grad_log_q has the wrong size");
+  TORCH_CHECK(!glp.defined() || glp.numel() == K * rows, "reparam_bwd: grad_log_p has the wrong size");
   at::Tensor gmu = at::empty(mu.sizes(), mu.options()), glv = at::empty(mu.sizes(), mu.options());
   at::Tensor gmp = has_prior ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
   at::Tensor glvp = has_prior ? at::empty(mu.sizes(), mu.options()) : at::empty({0}, mu.options());
   const at::Tensor so = seed_offset_on(seed_offset, mu);
 
   cuda::ReparamBackwardArgs a{};
-  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K);
+  static_cast<cuda::ReparamInputs&>(a) = reparam_inputs(dtype, mu, lv, mp, lvp, so, K, kl_per_dim);
   a.grad_z = ptr_or_null(gz);  // undefined for K == 0
   a.grad_kl = ptr_or_null(gkl);
   a.grad_log_q = ptr_or_null(glq);
