@@ -39,6 +39,9 @@ TORCH_LIBRARY(fused_kingma, m) {
   m.def("reparam_bwd(Tensor? grad_z, Tensor grad_kl, Tensor? grad_log_q, Tensor? grad_log_p, Tensor mu, "
         "Tensor logvar, Tensor? prior_mu, Tensor? prior_logvar, Tensor seed_offset, int num_samples, "
         "bool kl_per_dim=False) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The free-bits objective sum_j max(free_bits, kl_per_dim[j] / batch) in out_dtype (csrc/free_bits.cpp).
+  m.def("free_bits_kl(Tensor kl_per_dim, int batch, float free_bits, ScalarType out_dtype) -> Tensor");
+  m.def("free_bits_kl_backward(Tensor grad, Tensor kl_per_dim, int batch, float free_bits) -> Tensor");
   // Test helpers: Philox words / uniforms / normals of blocks (kind 0/1/2); fastmath functions.
   m.def("philox_debug(int seed, int offset, int first_block, int nblocks, int kind) -> Tensor");
   m.def("fastmath_debug(Tensor x, int fn) -> Tensor");

@@ -40,3 +40,13 @@ def _reparam_bwd_fake(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, prior
 @torch.library.register_fake("fused_kingma::fastmath_debug")
 def _fastmath_debug_fake(x, fn):
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("fused_kingma::free_bits_kl")
+def _free_bits_kl_fake(kl_per_dim, batch, free_bits, out_dtype):
+    return kl_per_dim.new_empty((), dtype=out_dtype)
+
+
+@torch.library.register_fake("fused_kingma::free_bits_kl_backward")
+def _free_bits_kl_backward_fake(grad, kl_per_dim, batch, free_bits):
+    return torch.empty_like(kl_per_dim, memory_format=torch.contiguous_format)

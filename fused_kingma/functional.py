@@ -116,10 +116,10 @@ def reparameterize(mu, logvar, *, num_samples=1, prior=None, free_bits=None, ret
 
 def _free_bits_objective(kl_per_dim, mu, lam):
     # The kernel summed the KL over every batch dim per latent dim, in the compute dtype (float32, float64 for
-    # float64); the mean over the batch is floored at lam per latent dim, summed and rounded once to mu's dtype.
-    # Autograd takes the floor's gradient (0 where the mean is below lam) back into the kernel's backward.
-    batch = math.prod(mu.shape[:-1])
-    return (kl_per_dim / batch).clamp(min=lam).sum().to(mu.dtype)
+    # float64); the mean over the batch is floored at lam per latent dim, summed and rounded once to mu's dtype
+    # (csrc/free_bits.cpp). Autograd takes the floor's gradient (0 where the mean is below lam) back into the
+    # kernel's backward.
+    return ops.free_bits_kl(kl_per_dim, math.prod(mu.shape[:-1]), lam, mu.dtype)
 
 
 def gaussian_kl(mu, logvar, prior=None):

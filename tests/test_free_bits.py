@@ -181,3 +181,33 @@ def test_free_bits_of_an_empty_batch_is_nan_like_the_mean_of_nothing():
     assert torch.isnan(kl) and torch.isnan(want)
     _, kl_no_dims = fk.reparameterize(torch.zeros(5, 0), torch.zeros(5, 0), free_bits=0.1, seed=1)
     assert kl_no_dims.item() == 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_free_bits_kl_op_is_the_floored_mean_summed(dtype, out_dtype):
+    """The op behind the objective against the torch expression it replaces, values and gradients: dims below,
+    at and above the floor, a NaN (propagates, no gradient), and no rows (NaN)."""
+    sums = torch.tensor([0.5, 12.0, 4.0, 30.0, float("nan"), 3.99], dtype=dtype)
+    for batch, lam in ((8, 0.5), (1, 2.0), (0, 0.5)):
+        for values in (sums[:4], sums):
+            a = values.clone().requires_grad_()
+            b = values.clone().requires_grad_()
+            got = ops.free_bits_kl(a, batch, lam, out_dtype)
+            want = (b / batch).clamp(min=lam).sum().to(out_dtype)
+            assert got.dtype == out_dtype and got.shape == ()
+            torch.testing.assert_close(got, want, equal_nan=True)
+            if batch and not torch.isnan(want):
+                got.backward()
+                want.backward()
+                torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_free_bits_kl_op_checks_and_opcheck():
+    with pytest.raises(RuntimeError, match="kl_per_dim must be 1-D"):
+        ops.free_bits_kl(torch.zeros(2, 3), 4, 0.1, torch.float32)
+    with pytest.raises(RuntimeError, match="batch must be >= 0"):
+        ops.free_bits_kl(torch.zeros(3), -1, 0.1, torch.float32)
+    kl = torch.tensor([0.3, 2.0, 5.0], requires_grad=True)
+    torch.library.opcheck(ops.free_bits_kl, (kl, 4, 0.5, torch.float32))
+    torch.library.opcheck(ops.free_bits_kl_backward, (torch.tensor(1.5), kl.detach(), 4, 0.5))
