@@ -2,7 +2,8 @@
 torch.compile, and the memory-traffic floor (fp32: 12 bytes/element forward, 20 backward), in one run.
 
 Forward = z and the per-row KL from (mu, logvar). Forward+backward additionally runs autograd with given
-upstream gradients for z and kl (so no extra reduction kernels are timed). Also times the noise alone
+upstream gradients for z and kl (so no extra reduction kernels are timed); "free bits" = forward+backward of z and
+the free-bits KL objective (a scalar). Also times the noise alone
 (torch.randn_like vs fused_kingma's Philox + Box-Muller normals) to show what bounds each side.
 """
 import os
@@ -32,6 +33,20 @@ def eager_reparam(mu, logvar):
 
 def fused_reparam(mu, logvar):
     return fk.reparameterize(mu, logvar)
+
+
+FREE_BITS = 0.1
+
+
+def eager_reparam_free_bits(mu, logvar):
+    """The free-bits objective (Kingma et al. 2016): the per-dim KL averaged over the batch, floored, summed."""
+    z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+    kl_per_dim = (0.5 * (logvar.exp() + mu ** 2 - 1 - logvar)).mean(0)
+    return z, kl_per_dim.clamp(min=FREE_BITS).sum()
+
+
+def fused_reparam_free_bits(mu, logvar):
+    return fk.reparameterize(mu, logvar, free_bits=FREE_BITS)
 
 
 def _fwd(fn, mu, lv):
@@ -72,13 +87,17 @@ def run(tiny: bool, device: str = "cpu"):
             noise = common.median_ms_interleaved(
                 {"fused": lambda: ops.philox_debug(1, 0, 0, nb, 2), "randn": lambda: torch.randn_like(mu)},
                 device=device, warmup=warmup, repeat=repeat)
-            for mode, floor_bytes in (("fwd", 3 * esize * n), ("fwd+bwd", 8 * esize * n)):
-                make = _fwd if mode == "fwd" else (lambda f, m, l: _fwd_bwd(f, m, l, gz, gkl))
-                candidates = {"fused": make(fused_reparam, mu, lv), "eager": make(eager_reparam, mu, lv),
-                              "probe": probe}
+            backward = lambda gk: lambda f, m, l: _fwd_bwd(f, m, l, gz, gk)  # noqa: E731
+            modes = (("fwd", 3 * esize * n, _fwd, fused_reparam, eager_reparam),
+                     ("fwd+bwd", 8 * esize * n, backward(gkl), fused_reparam, eager_reparam),
+                     # Free bits: the KL is one scalar (its upstream gradient 1); the same bytes must move.
+                     ("fwd+bwd free bits", 8 * esize * n, backward(torch.ones((), device=device, dtype=dtype)),
+                      fused_reparam_free_bits, eager_reparam_free_bits))
+            for mode, floor_bytes, make, fused_fn, eager_fn in modes:
+                candidates = {"fused": make(fused_fn, mu, lv), "eager": make(eager_fn, mu, lv), "probe": probe}
                 if use_compile:  # a fresh compile per shape and pass (no recompile limit, no dynamic shapes)
                     torch._dynamo.reset()
-                    candidates["compile"] = make(torch.compile(eager_reparam, dynamic=False), mu, lv)
+                    candidates["compile"] = make(torch.compile(eager_fn, dynamic=False), mu, lv)
                 # Warm: 3 calls of a candidate in a row per round (a training loop: the encoder has just written
                 # mu/logvar); cold: 1 call per round, right after the other candidates and the probe.
                 t = common.median_ms_interleaved(candidates, device=device, warmup=warmup, repeat=repeat,
@@ -113,6 +132,8 @@ def run(tiny: bool, device: str = "cpu"):
              f"Floor = bytes / the probe's bandwidth of that row, with fp32 12 B/elem forward "
              f"(mu, logvar in, z out) and 20 B/elem backward (mu, logvar, grad_z in, grad_mu, grad_logvar out); bf16 "
              f"half that. Eager = `mu + exp(0.5*logvar)*randn_like(mu)` + `-0.5*sum(1+logvar-mu**2-logvar.exp(),-1)`; "
+             f"'free bits' rows: `reparameterize(mu, logvar, free_bits={FREE_BITS})` against the eager objective "
+             f"`(0.5*(logvar.exp()+mu**2-1-logvar)).mean(0).clamp(min={FREE_BITS}).sum()` (same floor); "
              f"compile = that code under torch.compile (inductor, default RNG). 'noise fused' = Philox+Box-Muller "
              f"normals alone (same element count, float32); 'randn' = torch.randn_like alone. Threads: "
              f"{torch.get_num_threads()}, CPU ISA {fk.cpu_isa()}."

@@ -47,6 +47,7 @@ def main():
         mod = importlib.import_module(name)
         print(f"\n## {name} on {machine}\n", flush=True)
         res = mod.run(tiny=args.tiny, device=args.device)
+        res["date"] = results["date"]
         results["benchmarks"][name] = res
         print(res["table"])
         if res.get("notes"):
@@ -58,6 +59,8 @@ def main():
     if args.only and os.path.exists(out):  # keep the other benches' last results
         with open(out) as f:
             old = json.load(f)
+        for res in old["benchmarks"].values():  # each kept table keeps the date it was measured on
+            res.setdefault("date", old["date"])
         old["benchmarks"].update(results["benchmarks"])
         results["benchmarks"] = old["benchmarks"]
     with open(out, "w") as f:
@@ -77,7 +80,8 @@ def update_readme(results):
             continue
         body = (
             f"{tag}\n_{results['cpu'] if results['device'] == 'cpu' else results['device']}, "
-            f"{results['threads']} threads, torch {results['torch']}, {results['date']}_\n\n{res['table']}\n"
+            f"{results['threads']} threads, torch {results['torch']}, {res.get('date', results['date'])}_\n\n"
+            f"{res['table']}\n"
         )
         if res.get("notes"):
             body += "\n" + res["notes"] + "\n"
