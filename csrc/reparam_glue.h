@@ -30,6 +30,20 @@ inline void check_reparam_args(const at::Tensor& mu, const at::Tensor& lv, const
   check_like_mu(lv, mu, "logvar");
 }
 
+// The dtype the kernels compute in: float64 for float64, else float32 (also the per-dim kl's dtype).
+inline at::ScalarType compute_dtype(const at::Tensor& mu) {
+  return mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// reparam_bwd's grad_kl as the kernels read it, dense: per row (mu's dtype, the batch shape) or, with kl_per_dim,
+// per latent dim ((D,), the compute dtype). Whatever broadcasts to that shape is taken, else a clear error.
+inline at::Tensor kl_grad_for_kernels(const at::Tensor& grad_kl, const at::Tensor& mu, bool kl_per_dim) {
+  const auto shape = kl_per_dim ? mu.sizes().slice(mu.dim() - 1) : mu.sizes().slice(0, mu.dim() - 1);
+  TORCH_CHECK(at::is_expandable_to(grad_kl.sizes(), shape), "reparam_bwd: grad_kl of shape ", grad_kl.sizes(),
+              " does not broadcast to the kl's shape ", shape);
+  return grad_kl.to(kl_per_dim ? compute_dtype(mu) : mu.scalar_type()).expand(shape).contiguous();
+}
+
 // The prior as rows the kernels read through a row stride: a prior shared by every row (shape (D,) or
 // (1, ..., 1, D), the common case) is read in place with stride 0 instead of being expanded to mu's size;
 // a prior already of mu's layout is read as is; any other broadcast is expanded and made contiguous.

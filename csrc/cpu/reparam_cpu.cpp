@@ -22,16 +22,6 @@ ReparamDtype dtype_of(const at::Tensor& t) {
   }
 }
 
-// The dtype the kernels compute in: the per-dim kl's dtype.
-at::ScalarType compute_dtype(const at::Tensor& mu) { return mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-// A gradient expanded to the shape of what it is the gradient of, dense (a clear error when it does not fit).
-at::Tensor expand_grad(const at::Tensor& g, at::IntArrayRef shape, const char* name) {
-  TORCH_CHECK(at::is_expandable_to(g.sizes(), shape), "reparam_bwd: ", name, " of shape ", g.sizes(),
-              " does not broadcast to ", shape);
-  return g.expand(shape).contiguous();
-}
-
 std::pair<uint64_t, uint64_t> read_seed_offset(const at::Tensor& so) {
   TORCH_CHECK(so.scalar_type() == at::kLong && so.numel() == 2, "seed_offset must be an int64 tensor of 2 elements");
   const at::Tensor c = so.to(at::kCPU).contiguous();
@@ -95,9 +85,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd(
   TORCH_CHECK(K == 0 || grad_z.has_value(), "reparam_bwd: grad_z is required when sampling");
   at::Tensor gz = K > 0 ? grad_z->to(mu.scalar_type()).contiguous() : at::Tensor();
   TORCH_CHECK(K == 0 || gz.numel() == K * mu.numel(), "reparam_bwd: grad_z has the wrong size");
-  // The kl's gradient: per row in mu's dtype, or per dim (D,) in the compute dtype.
-  const at::Tensor gkl = kl_per_dim ? expand_grad(grad_kl.to(compute_dtype(mu)), {D}, "grad_kl")
-                                    : expand_grad(grad_kl.to(mu.scalar_type()), batch, "grad_kl");
+  const at::Tensor gkl = kl_grad_for_kernels(grad_kl, mu, kl_per_dim);
   at::Tensor glq, glp;
   if (grad_log_q.has_value() && K > 0) glq = grad_log_q->to(mu.scalar_type()).contiguous();
   if (grad_log_p.has_value() && K > 0) glp = grad_log_p->to(mu.scalar_type()).contiguous();

@@ -35,11 +35,6 @@ at::Tensor seed_offset_on(const at::Tensor& so, const at::Tensor& mu) {
 
 void* ptr_or_null(const at::Tensor& t) { return t.defined() && t.numel() > 0 ? t.data_ptr() : nullptr; }
 
-// The dtype the kernels compute in (and the per-dim kl's dtype): float64 for float64, else float32.
-at::ScalarType compute_dtype(const at::Tensor& mu) {
-  return mu.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 cudaStream_t current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 // The inputs both kernels read (the tensors must stay alive until the launch is enqueued).
@@ -111,25 +106,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
   const bool has_prior = prior_mu.has_value();
   const auto [mp, lvp] = prior_of(prior_mu, prior_logvar, mu);
   const int64_t K = num_samples;
-  const auto batch = mu.sizes().slice(0, mu.dim() - 1);
-  const int64_t rows = c10::multiply_integers(batch), D = mu.size(-1);
-  // Output grads as dense tensors of mu's dtype on mu's device (conversions are device kernels).
-  const auto dense = [&](const at::Tensor& g, const char* name) {
+  const int64_t rows = c10::multiply_integers(mu.sizes().slice(0, mu.dim() - 1));
+  // Output grads on mu's device (their conversions are device kernels), as dense tensors of mu's dtype.
+  const auto on_device = [&](const at::Tensor& g, const char* name) -> const at::Tensor& {
     TORCH_CHECK(g.device() == mu.device(), "reparam_bwd: ", name, " must be on mu's device ", mu.device(), ", got ",
                 g.device());
-    return g.to(mu.scalar_type()).contiguous();
+    return g;
+  };
+  const auto dense = [&](const at::Tensor& g, const char* name) {
+    return on_device(g, name).to(mu.scalar_type()).contiguous();
   };
   TORCH_CHECK(K == 0 || grad_z.has_value(), "reparam_bwd: grad_z is required when sampling");
   const at::Tensor gz = K > 0 ? dense(*grad_z, "grad_z") : at::Tensor();
   TORCH_CHECK(K == 0 || gz.numel() == K * mu.numel(), "reparam_bwd: grad_z has the wrong size");
-  // Per-dim: the grad of the (D,) compute-dtype kl, read by the kernel as is (a single number broadcasts).
-  TORCH_CHECK(!kl_per_dim || grad_kl.numel() == D || grad_kl.numel() == 1,
-              "reparam_bwd: with kl_per_dim, grad_kl must have D = ", D, " elements (the per-dim kl's shape) or 1, "
-              "got shape ", shape_str(grad_kl.sizes()));
-  TORCH_CHECK(!kl_per_dim || grad_kl.device() == mu.device(), "reparam_bwd: grad_kl must be on mu's device ",
-              mu.device(), ", got ", grad_kl.device());
-  const at::Tensor gkl = kl_per_dim ? grad_kl.to(compute_dtype(mu)).reshape({-1}).expand({D}).contiguous()
-                                    : dense(grad_kl, "grad_kl").expand(batch).contiguous();
+  const at::Tensor gkl = kl_grad_for_kernels(on_device(grad_kl, "grad_kl"), mu, kl_per_dim);
   at::Tensor glq, glp;
   if (grad_log_q.has_value() && K > 0) glq = dense(*grad_log_q, "grad_log_q");
   if (grad_log_p.has_value() && K > 0) glp = dense(*grad_log_p, "grad_log_p");
