@@ -10,7 +10,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <ATen/core/dispatch/Dispatcher.h>
+#include "typed_op.h"
 
 namespace fused_kingma {
 namespace {
@@ -62,11 +62,6 @@ at::Tensor free_bits_kl_backward(const at::Tensor& grad, const at::Tensor& kl, i
   return out;
 }
 
-template <class Signature>
-c10::TypedOperatorHandle<Signature> schema(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -77,14 +72,14 @@ struct FreeBitsFunction : public torch::autograd::Function<FreeBitsFunction> {
     ctx->save_for_backward({kl});
     ctx->saved_data["batch"] = batch;
     ctx->saved_data["free_bits"] = free_bits;
-    static const auto op = schema<at::Tensor(const at::Tensor&, int64_t, double, at::ScalarType)>(
+    static const auto op = typed_op<at::Tensor(const at::Tensor&, int64_t, double, at::ScalarType)>(
         "fused_kingma::free_bits_kl");
     return op.call(kl, batch, free_bits, out_dtype);
   }
 
   // An op of its own (not a loop here): torch.compile traces this backward with fake tensors.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = schema<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double)>(
+    static const auto op = typed_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double)>(
         "fused_kingma::free_bits_kl_backward");
     const at::Tensor grad_kl = op.call(grads[0], ctx->get_saved_variables()[0], ctx->saved_data["batch"].toInt(),
                                        ctx->saved_data["free_bits"].toDouble());

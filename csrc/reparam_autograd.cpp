@@ -8,9 +8,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <ATen/core/dispatch/Dispatcher.h>
-
 #include "reparam_glue.h"
+#include "typed_op.h"
 
 namespace fused_kingma {
 namespace {
@@ -21,20 +20,16 @@ using OptTensor = std::optional<at::Tensor>;
 using FourTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 const auto& fwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fused_kingma::reparam_fwd", "")
-                             .typed<FourTensors(const at::Tensor&, const at::Tensor&, const OptTensor&,
-                                                const OptTensor&, const at::Tensor&, int64_t, bool, bool)>();
+  static const auto op = typed_op<FourTensors(const at::Tensor&, const at::Tensor&, const OptTensor&,
+                                              const OptTensor&, const at::Tensor&, int64_t, bool, bool)>(
+      "fused_kingma::reparam_fwd");
   return op;
 }
 
 const auto& bwd_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fused_kingma::reparam_bwd", "")
-                             .typed<FourTensors(const OptTensor&, const at::Tensor&, const OptTensor&,
-                                                const OptTensor&, const at::Tensor&, const at::Tensor&,
-                                                const OptTensor&, const OptTensor&, const at::Tensor&, int64_t,
-                                                bool)>();
+  static const auto op = typed_op<FourTensors(const OptTensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+                                              const at::Tensor&, const at::Tensor&, const OptTensor&, const OptTensor&,
+                                              const at::Tensor&, int64_t, bool)>("fused_kingma::reparam_bwd");
   return op;
 }
 
