@@ -321,11 +321,12 @@ def test_double_backward_is_a_clear_error():
         g.sum().backward()
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("free_bits", [None, 0.3])
+def test_torch_compile_fullgraph_matches_eager(free_bits):
     torch._dynamo.reset()
 
     def step(mu, lv):
-        z, kl = fk.reparameterize(mu, lv, num_samples=2, seed=7, offset=1)
+        z, kl = fk.reparameterize(mu, lv, num_samples=2, free_bits=free_bits, seed=7, offset=1)
         return z.square().mean() + kl.mean()
 
     def step_rng(mu, lv):
@@ -348,11 +349,12 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 @pytest.mark.slow
-def test_torch_compile_inductor():
+@pytest.mark.parametrize("free_bits", [None, 0.3])
+def test_torch_compile_inductor(free_bits):
     torch._dynamo.reset()
 
     def step(mu, lv):
-        z, kl = fk.reparameterize(mu, lv, seed=7)
+        z, kl = fk.reparameterize(mu, lv, free_bits=free_bits, seed=7)
         return (z * 2).sum() + kl.sum()
 
     mu = torch.randn(4, 8, requires_grad=True)
@@ -360,7 +362,7 @@ def test_torch_compile_inductor():
     compiled = torch.compile(step, fullgraph=True)
     loss_c, loss = compiled(mu, lv), step(mu, lv)
     torch.testing.assert_close(loss_c, loss)
-    # The backward graph inductor compiles calls reparam_bwd through the C++ autograd kernel.
+    # The backward graph inductor compiles calls reparam_bwd (and free_bits_kl_backward) through the C++ autograd.
     for got, want in zip(torch.autograd.grad(loss_c, (mu, lv)), torch.autograd.grad(loss, (mu, lv))):
         torch.testing.assert_close(got, want)
 
