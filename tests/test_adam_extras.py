@@ -251,8 +251,8 @@ LOW_PRECISION_OPTIONS = [
                                                                          for k, v in o.items()))
 def test_16bit_step_is_the_fp32_step_rounded(cpu_isa, options, dtype):
     """An fp16 / bf16 step is the fp32 step of the widened values, rounded to nearest even, bit for bit: on AVX2
-    and AVX-512 fp16 arrays go through float buffers converted by F16C (blocks of 256), otherwise the 16-bit
-    values are converted element by element in the update loop. Checked per step against an fp32 twin loaded from the
+    and AVX-512 the 16-bit arrays are converted a vector register at a time with intrinsics (packet_io.h: 8 or 16
+    elements, the rest element by element), on the baseline element by element in the update loop. Checked per step against an fp32 twin loaded from the
     16-bit state (the master copy and fp32 moments with master_weights), with sizes around the block and vector
     widths and values that round to fp16 subnormals, overflow to inf or sit on rounding ties; the grad is
     unscaled in place with a GradScaler."""
@@ -289,3 +289,51 @@ def test_16bit_step_is_the_fp32_step_rounded(cpu_isa, options, dtype):
                 want = (q if key == "master_param" else twin.state[q][key]).detach().to(value.dtype)
                 bits = torch.int16 if value.dtype == dtype else torch.int32
                 assert torch.equal(value.view(bits), want.view(bits)), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("options", [dict(), dict(amsgrad=True, maximize=True, weight_decay=0.01), dict(adamax=True)],
+                         ids=["adamw", "amsgrad-maximize-l2", "adamax"])
+def test_16bit_non_finite_values_same_bits_on_every_isa(options, dtype):
+    """NaN (either sign, any payload) and inf in 16-bit params and grads, at every position of a vector register
+    and in the scalar tail: each ISA copy writes the same bits as the baseline's element-by-element conversions
+    (bf16 NaN -> (bits >> 16) | 0x40, like math/float16.h; an fp16 NaN keeps its sign, but F16C keeps payload
+    bits the portable conversion drops, see half_convert.h), and NaN / inf where torch's fp32 step has them."""
+    options = dict(options)
+    cls = fk.FusedAdamax if options.pop("adamax", False) else fk.FusedAdamW
+    n = 45  # 2 registers of 16, or 5 of 8, and a tail
+    bits = torch.randn(n, generator=torch.Generator().manual_seed(5)).to(dtype).view(torch.int16)
+    nan_payloads = [0x7FC1, 0x7F81, -0x7F, 0x7E01] if dtype == torch.bfloat16 else [0x7E01, 0x7C01, -0x1FF, 0x7FFF]
+    inf, neg_inf = (0x7F80, -0x80) if dtype == torch.bfloat16 else (0x7C00, -0x400)  # -0x80 == 0xFF80 as int16
+    for i, b in zip(range(0, n, 5), nan_payloads + [inf, neg_inf] * 3):
+        bits[i] = b
+    init = bits.view(dtype)
+    grad = init.flip(0).clone()
+    outs = {}
+    before = fk.cpu_isa()
+    try:
+        for isa in ("baseline", "avx2", "avx512"):
+            if fk.set_cpu_isa(isa) != isa:
+                continue
+            p = torch.nn.Parameter(init.clone())
+            opt = cls([p], lr=1e-2, **options)
+            for _ in range(2):
+                p.grad = grad.clone()
+                opt.step()
+            outs[isa] = [p.detach()] + [v for k, v in opt.state[p].items() if k != "step"]
+    finally:
+        fk.set_cpu_isa(before)
+    for isa, got in outs.items():
+        for a, b in zip(got, outs["baseline"]):
+            if dtype == torch.float16:  # NaN: same sign; everything else: same bits
+                a, b = (torch.where(t.isnan(), torch.copysign(torch.full_like(t, float("nan")), t), t) for t in (a, b))
+            assert torch.equal(a.view(torch.int16), b.view(torch.int16)), isa
+    q = torch.nn.Parameter(init.float())
+    twin = (torch.optim.Adamax if cls is fk.FusedAdamax else torch.optim.AdamW)([q], lr=1e-2, foreach=False,
+                                                                              **options)
+    for _ in range(2):
+        q.grad = grad.float()
+        twin.step()
+    got = outs["baseline"][0].float()
+    assert torch.equal(got.isnan(), q.detach().isnan())
+    assert torch.equal(got.isinf() & (got > 0), q.detach().isinf() & (q.detach() > 0))

@@ -3,6 +3,13 @@
 // increments the step counters, then cuts all tensors into one list of fixed-size chunks that
 // at::parallel_for splits by element count over the threads (thousands of tiny params cost one
 // call, not thousands).
+
+// No contraction of a * b + c into an fma in this file: torch rounds every product of the Adam step on its own
+// except the ones math/adam.h writes as explicit fma. (Once adam_packets folds the usual options to constants,
+// GCC would otherwise fuse the decoupled decay `theta * decay_factor` into the final update's add.) First
+// line, so that every function here, the headers' included, carries the same option and inlines as before.
+#pragma GCC optimize("fp-contract=off")
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -7,11 +7,11 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "half_convert.h"
 #include "math/adam.h"
 #include "math/float16.h"
 #include "isa.h"
 #include "math/philox.h"
+#include "packet_io.h"
 #include "philox_simd.h"
 
 namespace fused_kingma::cpu::adam {
@@ -34,12 +34,14 @@ struct F64 {
 struct F16 {
   using raw = uint16_t;
   using compute = float;
+  using packet = Half16;
   FK_INLINE static float load(uint16_t x) { return math::half_to_float(x); }
   FK_INLINE static uint16_t store(float x) { return math::float_to_half_rne(x); }
 };
 struct BF16 {
   using raw = uint16_t;
   using compute = float;
+  using packet = Bfloat16;
   FK_INLINE static float load(uint16_t x) { return math::bf16_to_float(x); }
   FK_INLINE static uint16_t store(float x) { return math::float_to_bf16_rne(x); }
 };
@@ -73,9 +75,16 @@ struct Variant {
   using Isa = IsaTag;
   // FMA and F16C: the AVX2 and AVX-512 copies have both, the baseline copy neither.
   static constexpr bool fma = !std::is_same_v<IsaTag, IsaBaseline>;
-  // fp16 params go through float buffers converted by F16C (adam_half_blocks) where the ISA has it.
-  static constexpr bool half_blocks = std::is_same_v<P, F16> && fma;
 };
+
+// Whether V's 16-bit params (fp16, bf16; not stochastically rounded) are updated a register at a time
+// (adam_packets) on V's ISA.
+template <class V, class P = typename V::Param>
+constexpr bool kPackets = false;
+template <class V>
+constexpr bool kPackets<V, F16> = !V::stochastic && PacketIO<typename V::Isa, Half16>::kAvailable;
+template <class V>
+constexpr bool kPackets<V, BF16> = !V::stochastic && PacketIO<typename V::Isa, Bfloat16>::kAvailable;
 
 template <class C>
 FK_INLINE math::LerpWeight<C> cast_weight(const math::LerpWeight<double>& w) {
@@ -89,15 +98,16 @@ FK_INLINE AdamConsts<C> cast_consts(const AdamConsts<double>& d) {
                        C(d.bias_correction2_sqrt), C(d.neg_step_size), cast_weight<C>(d.ema_weight)};
 }
 
-// Elements [begin, end) of one tensor. `noise(i)` gives 32 random bits for element i (SR only).
+// Elements [begin, end) of one tensor, with `c` = its constants in the compute type (cast_consts). `noise(i)`
+// gives 32 random bits for element i (SR only).
 template <class V, class Noise>
-FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Noise noise) {
+FK_INLINE void adam_range(const TensorJob& job, const AdamConsts<typename V::Param::compute>& c, int64_t begin,
+                          int64_t end, Noise noise) {
   using P = typename V::Param;
   using S = typename V::State;
   using C = typename P::compute;
   using PRaw = typename P::raw;
   using SRaw = typename S::raw;
-  const AdamConsts<C> c = cast_consts<C>(job.consts);
   PRaw* __restrict param = static_cast<PRaw*>(job.param);
   PRaw* __restrict grad = static_cast<PRaw*>(job.grad);
   SRaw* __restrict first = static_cast<SRaw*>(job.first);
@@ -106,6 +116,10 @@ FK_INLINE void adam_range(const TensorJob& job, int64_t begin, int64_t end, Nois
   float* __restrict master = job.master;
   // The EMA is kept in the compute type: fp32 for fp16/bf16 params (the op checks this), else the param's dtype.
   C* __restrict ema = static_cast<C*>(job.ema);
+  // Not unrolled before vectorizing: a packet's loop (adam_packet) has a constant trip count of 8 or 16, which
+  // GCC would otherwise unroll early in some instantiations and then vectorize only partly (scalar math
+  // between vector conversions: fp16 Adam ran 5x slower on AVX2).
+#pragma GCC unroll 1
   for (int64_t i = begin; i < end; ++i) {
     C theta = V::master ? C(master[i]) : P::load(param[i]);
     const C raw_grad = P::load(grad[i]);
@@ -148,61 +162,64 @@ struct BitsNoise {
   FK_INLINE uint32_t operator()(int64_t i) const { return bits[i - base]; }
 };
 
-// Elements [begin, end) of an fp16 param on an ISA with F16C: blocks are widened to float buffers
-// (half_convert.h: one instruction per 8 or 16 elements), updated by the fp32 loop and rounded back to nearest
-// even, the same numbers as adam_range<V> with F16's portable conversions, whose ~15 vector operations per
-// array and direction made fp16 Adam about twice as slow as torch's fused one.
+// One packet (PacketIO's kLanes elements from `lo`) of a 16-bit param: its 16-bit arrays are widened into
+// local float arrays, updated by the fp32 loop and narrowed back to nearest even, the same numbers as
+// adam_range<V> with the portable conversions. The local arrays stay in registers (packet_io.h), where
+// buffers of 256 elements converted by separate loops cost 7 vector stores per register of elements more
+// (1.6 against torch's 0.9 ns per fp16 element on one Zen 3 thread).
 template <class V>
-FK_INLINE void adam_half_blocks(const TensorJob& job, int64_t begin, int64_t end) {
-  constexpr bool kHalfState = std::is_same_v<typename V::State, F16>;  // else fp32 moments (master weights)
+FK_INLINE void adam_packet(const TensorJob& job, const AdamConsts<float>& c, int64_t lo) {
+  using IO = PacketIO<typename V::Isa, typename V::Param::packet>;
+  constexpr int64_t kLanes = IO::kLanes;
+  constexpr bool kHalfState = !std::is_same_v<typename V::State, F32>;  // else fp32 moments (master weights)
   constexpr bool kMax = V::rule == Rule::AdamAmsgrad;
   // With a master copy the EMA averages it (adam_range does that); without, the rounded param: done below.
   using Wide = Variant<F32, F32, V::rule, V::master, V::master && V::ema, V::unscale_out, false, typename V::Isa>;
-  constexpr int64_t kBlock = 256;
-  constexpr Isa kIsa = isa_of<typename V::Isa>();
-  // Rows padded by 64 B, so that no two share an address modulo 4 KiB (loads from one would otherwise be held
-  // up by stores to another: 4K aliasing). A precaution, not measured to matter here; it did not fix the 2x
-  // slowdown of 512- and 1024-element rows, which is why the rows are 256.
-  alignas(64) float rows[5][kBlock + 16];
-  float *param = rows[0], *grad = rows[1], *first = rows[2], *second = rows[3], *max_second = rows[4];
-  uint16_t* const param_h = static_cast<uint16_t*>(job.param);
-  uint16_t* const grad_h = static_cast<uint16_t*>(job.grad);
-  const AdamConsts<float> c = cast_consts<float>(job.consts);
-  for (int64_t lo = begin; lo < end; lo += kBlock) {
-    const int64_t n = std::min(kBlock, end - lo);
-    TensorJob w = job;
-    w.param = param;
-    w.grad = grad;
-    if constexpr (!V::master) halves_to_floats(kIsa, param_h + lo, param, n);
-    halves_to_floats(kIsa, grad_h + lo, grad, n);
-    if constexpr (kHalfState) {
-      w.first = first;
-      w.second = second;
-      w.max_second = max_second;
-      halves_to_floats(kIsa, static_cast<const uint16_t*>(job.first) + lo, first, n);
-      halves_to_floats(kIsa, static_cast<const uint16_t*>(job.second) + lo, second, n);
-      if constexpr (kMax) halves_to_floats(kIsa, static_cast<const uint16_t*>(job.max_second) + lo, max_second, n);
-    } else {
-      w.first = static_cast<float*>(job.first) + lo;
-      w.second = static_cast<float*>(job.second) + lo;
-      w.max_second = kMax ? static_cast<float*>(job.max_second) + lo : nullptr;
-    }
-    w.master = V::master ? job.master + lo : nullptr;
-    w.ema = V::ema ? static_cast<float*>(job.ema) + lo : nullptr;
-    adam_range<Wide>(w, 0, n, NoNoise{});
-    floats_to_halves(kIsa, param, param_h + lo, n);
-    if constexpr (V::unscale_out) floats_to_halves(kIsa, grad, grad_h + lo, n);
-    if constexpr (kHalfState) {
-      floats_to_halves(kIsa, first, static_cast<uint16_t*>(job.first) + lo, n);
-      floats_to_halves(kIsa, second, static_cast<uint16_t*>(job.second) + lo, n);
-      if constexpr (kMax) floats_to_halves(kIsa, max_second, static_cast<uint16_t*>(job.max_second) + lo, n);
-    }
-    if constexpr (V::ema && !V::master) {
-      float* const ema = static_cast<float*>(job.ema) + lo;
-      halves_to_floats(kIsa, param_h + lo, param, n);  // the param as stored
-      for (int64_t i = 0; i < n; ++i) ema[i] = math::ema_update<V::fma>(ema[i], param[i], c);
-    }
+  alignas(64) float param[kLanes], grad[kLanes], first[kLanes], second[kLanes], max_second[kLanes];
+  uint16_t* const param_h = static_cast<uint16_t*>(job.param) + lo;
+  uint16_t* const grad_h = static_cast<uint16_t*>(job.grad) + lo;
+  TensorJob w = job;
+  w.param = param;
+  w.grad = grad;
+  if constexpr (!V::master) IO::widen(param_h, param);
+  IO::widen(grad_h, grad);
+  if constexpr (kHalfState) {
+    w.first = first;
+    w.second = second;
+    w.max_second = max_second;
+    IO::widen(static_cast<const uint16_t*>(job.first) + lo, first);
+    IO::widen(static_cast<const uint16_t*>(job.second) + lo, second);
+    if constexpr (kMax) IO::widen(static_cast<const uint16_t*>(job.max_second) + lo, max_second);
+  } else {
+    w.first = static_cast<float*>(job.first) + lo;
+    w.second = static_cast<float*>(job.second) + lo;
+    w.max_second = kMax ? static_cast<float*>(job.max_second) + lo : nullptr;
   }
+  w.master = V::master ? job.master + lo : nullptr;
+  w.ema = V::ema ? static_cast<float*>(job.ema) + lo : nullptr;
+  adam_range<Wide>(w, c, 0, kLanes, NoNoise{});
+  IO::narrow(param, param_h);
+  if constexpr (V::unscale_out) IO::narrow(grad, grad_h);
+  if constexpr (kHalfState) {
+    IO::narrow(first, static_cast<uint16_t*>(job.first) + lo);
+    IO::narrow(second, static_cast<uint16_t*>(job.second) + lo);
+    if constexpr (kMax) IO::narrow(max_second, static_cast<uint16_t*>(job.max_second) + lo);
+  }
+  if constexpr (V::ema && !V::master) {
+    float* const ema = static_cast<float*>(job.ema) + lo;
+    IO::widen(param_h, param);  // the param as stored
+    for (int64_t i = 0; i < kLanes; ++i) ema[i] = math::ema_update<V::fma>(ema[i], param[i], c);
+  }
+}
+
+// Elements [begin, end) of a 16-bit param (kPackets<V>): whole packets, then the rest with the portable
+// conversions.
+template <class V>
+FK_INLINE void adam_packets(const TensorJob& job, const AdamConsts<float>& c, int64_t begin, int64_t end) {
+  constexpr int64_t kLanes = PacketIO<typename V::Isa, typename V::Param::packet>::kLanes;
+  int64_t lo = begin;
+  for (; lo + kLanes <= end; lo += kLanes) adam_packet<V>(job, c, lo);
+  adam_range<V>(job, c, lo, end, NoNoise{});
 }
 
 // Philox words of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (n + 15 words of room): AVX-512 or AVX2 intrinsics
@@ -216,11 +233,12 @@ FK_INLINE void philox_words_of(uint64_t seed, uint64_t offset, uint64_t b0, int6
   }
 }
 
-// Elements [begin, end) of one tensor, any variant. Stochastic rounding gives element i the 16 bits
-// (i % 2 == 0: low, else high half) of word (i % 8) / 2 of Philox block i / 8 (per-element
-// counters: the noise does not depend on how the work is split).
+// Elements [begin, end) of one tensor, any variant, with constants `c`. Stochastic rounding gives element i the
+// 16 bits (i % 2 == 0: low, else high half) of word (i % 8) / 2 of Philox block i / 8 (per-element counters:
+// the noise does not depend on how the work is split).
 template <class V>
-FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t end, uint64_t seed) {
+FK_INLINE void adam_tensor_range_with(const TensorJob& job, const AdamConsts<typename V::Param::compute>& c,
+                                      int64_t begin, int64_t end, uint64_t seed) {
   if constexpr (V::stochastic) {
     // Random bits for a piece of the range first (a loop over Philox blocks), then the update.
     // Rounding needs 16 bits per element: one block of 4 x 32 bits serves 8 elements.
@@ -237,12 +255,31 @@ FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t en
           bits[b * 8 + 2 * j] = static_cast<uint16_t>(words[j][b]);
           bits[b * 8 + 2 * j + 1] = static_cast<uint16_t>(words[j][b] >> 16);
         }
-      adam_range<V>(job, lo, hi, BitsNoise{bits, first_block * 8});
+      adam_range<V>(job, c, lo, hi, BitsNoise{bits, first_block * 8});
     }
-  } else if constexpr (V::half_blocks) {
-    adam_half_blocks<V>(job, begin, end);
+  } else if constexpr (kPackets<V>) {
+    adam_packets<V>(job, c, begin, end);
   } else {
-    adam_range<V>(job, begin, end, NoNoise{});
+    adam_range<V>(job, c, begin, end, NoNoise{});
+  }
+}
+
+// Elements [begin, end) of one tensor, any variant. The usual options (no L2 term, beta1 > 0.5, minimizing) run
+// with those values as constants of a copy of the constants: GCC then folds away the two selects and the sign
+// multiply they cost per vector (7 of about 70 instructions per register of bf16 elements on AVX2). That makes
+// products reach adds the selects kept them from, which is why adam_cpu.cpp turns off fp contraction.
+template <class V>
+FK_INLINE void adam_tensor_range(const TensorJob& job, int64_t begin, int64_t end, uint64_t seed) {
+  using C = typename V::Param::compute;
+  const AdamConsts<C> c = cast_consts<C>(job.consts);
+  if (c.l2 == C(0) && c.first_weight.from_start == C(1) && c.grad_sign == C(1)) {
+    AdamConsts<C> usual = c;
+    usual.l2 = C(0);
+    usual.first_weight.from_start = C(1);
+    usual.grad_sign = C(1);
+    adam_tensor_range_with<V>(job, usual, begin, end, seed);
+  } else {
+    adam_tensor_range_with<V>(job, c, begin, end, seed);
   }
 }
 
