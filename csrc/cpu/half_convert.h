@@ -3,8 +3,8 @@
 //
 // Why: GCC vectorizes the portable bit-trick conversions of math/float16.h, but they cost about 15 vector
 // operations per array per direction, and it does not turn `_Float16` casts into the F16C instructions
-// (it converts one element at a time). fp16 Adam, which converts four arrays in and three out per element, ran
-// at half of torch's fused speed with them.
+// (it converts one element at a time). Used for the fp16 rows of the reparameterization kernels; the Adam loop
+// converts a register at a time inside its own loop instead (packet_io.h, whose instructions these loops run).
 //
 // Same results as math::half_to_float / math::float_to_half_rne (round to nearest even, overflow to inf,
 // subnormals exact) for every non-NaN value; a NaN stays a NaN of the same sign (its payload may differ).
