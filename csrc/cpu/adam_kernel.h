@@ -77,14 +77,13 @@ struct Variant {
   static constexpr bool fma = !std::is_same_v<IsaTag, IsaBaseline>;
 };
 
-// Whether V's 16-bit params (fp16, bf16; not stochastically rounded) are updated a register at a time
-// (adam_packets) on V's ISA.
+// Whether V's 16-bit params (fp16, bf16) are updated a register at a time (adam_packets) on V's ISA.
 template <class V, class P = typename V::Param>
 constexpr bool kPackets = false;
 template <class V>
-constexpr bool kPackets<V, F16> = !V::stochastic && PacketIO<typename V::Isa, Half16>::kAvailable;
+constexpr bool kPackets<V, F16> = PacketIO<typename V::Isa, Half16>::kAvailable;
 template <class V>
-constexpr bool kPackets<V, BF16> = !V::stochastic && PacketIO<typename V::Isa, Bfloat16>::kAvailable;
+constexpr bool kPackets<V, BF16> = PacketIO<typename V::Isa, Bfloat16>::kAvailable;
 
 template <class C>
 FK_INLINE math::LerpWeight<C> cast_weight(const math::LerpWeight<double>& w) {
@@ -167,14 +166,17 @@ struct BitsNoise {
 // adam_range<V> with the portable conversions. The local arrays stay in registers (packet_io.h), where
 // buffers of 256 elements converted by separate loops cost 7 vector stores per register of elements more
 // (1.6 against torch's 0.9 ns per fp16 element on one Zen 3 thread).
+// `noise`: 16 random bits per element of the packet (stochastic rounding of the param), else unused.
 template <class V>
-FK_INLINE void adam_packet(const TensorJob& job, const AdamConsts<float>& c, int64_t lo) {
+FK_INLINE void adam_packet(const TensorJob& job, const AdamConsts<float>& c, int64_t lo, const uint16_t* noise) {
   using IO = PacketIO<typename V::Isa, typename V::Param::packet>;
   constexpr int64_t kLanes = IO::kLanes;
   constexpr bool kHalfState = !std::is_same_v<typename V::State, F32>;  // else fp32 moments (master weights)
   constexpr bool kMax = V::rule == Rule::AdamAmsgrad;
-  // With a master copy the EMA averages it (adam_range does that); without, the rounded param: done below.
-  using Wide = Variant<F32, F32, V::rule, V::master, V::master && V::ema, V::unscale_out, false, typename V::Isa>;
+  // The EMA averages the master copy or, with stochastic rounding, the unrounded param (adam_range does both);
+  // otherwise the param as rounded: done below.
+  constexpr bool kEmaOfRounded = V::ema && !V::master && !V::stochastic;
+  using Wide = Variant<F32, F32, V::rule, V::master, V::ema && !kEmaOfRounded, V::unscale_out, false, typename V::Isa>;
   alignas(64) float param[kLanes], grad[kLanes], first[kLanes], second[kLanes], max_second[kLanes];
   uint16_t* const param_h = static_cast<uint16_t*>(job.param) + lo;
   uint16_t* const grad_h = static_cast<uint16_t*>(job.grad) + lo;
@@ -198,14 +200,18 @@ FK_INLINE void adam_packet(const TensorJob& job, const AdamConsts<float>& c, int
   w.master = V::master ? job.master + lo : nullptr;
   w.ema = V::ema ? static_cast<float*>(job.ema) + lo : nullptr;
   adam_range<Wide>(w, c, 0, kLanes, NoNoise{});
-  IO::narrow(param, param_h);
+  if constexpr (V::stochastic) {
+    IO::narrow_stochastic(param, noise, param_h);
+  } else {
+    IO::narrow(param, param_h);
+  }
   if constexpr (V::unscale_out) IO::narrow(grad, grad_h);
   if constexpr (kHalfState) {
     IO::narrow(first, static_cast<uint16_t*>(job.first) + lo);
     IO::narrow(second, static_cast<uint16_t*>(job.second) + lo);
     if constexpr (kMax) IO::narrow(max_second, static_cast<uint16_t*>(job.max_second) + lo);
   }
-  if constexpr (V::ema && !V::master) {
+  if constexpr (kEmaOfRounded) {
     float* const ema = static_cast<float*>(job.ema) + lo;
     IO::widen(param_h, param);  // the param as stored
     for (int64_t i = 0; i < kLanes; ++i) ema[i] = math::ema_update<V::fma>(ema[i], param[i], c);
@@ -213,13 +219,18 @@ FK_INLINE void adam_packet(const TensorJob& job, const AdamConsts<float>& c, int
 }
 
 // Elements [begin, end) of a 16-bit param (kPackets<V>): whole packets, then the rest with the portable
-// conversions.
+// conversions. `noise[i - begin]`: the rounding bits of element i (stochastic rounding only).
 template <class V>
-FK_INLINE void adam_packets(const TensorJob& job, const AdamConsts<float>& c, int64_t begin, int64_t end) {
+FK_INLINE void adam_packets(const TensorJob& job, const AdamConsts<float>& c, int64_t begin, int64_t end,
+                            const uint16_t* noise) {
   constexpr int64_t kLanes = PacketIO<typename V::Isa, typename V::Param::packet>::kLanes;
   int64_t lo = begin;
-  for (; lo + kLanes <= end; lo += kLanes) adam_packet<V>(job, c, lo);
-  adam_range<V>(job, c, lo, end, NoNoise{});
+  for (; lo + kLanes <= end; lo += kLanes) adam_packet<V>(job, c, lo, V::stochastic ? noise + (lo - begin) : nullptr);
+  if constexpr (V::stochastic) {
+    adam_range<V>(job, c, lo, end, BitsNoise{noise, begin});
+  } else {
+    adam_range<V>(job, c, lo, end, NoNoise{});
+  }
 }
 
 // Philox words of blocks b0 .. b0 + n - 1 into w[m][0 .. n) (n + 15 words of room): AVX-512 or AVX2 intrinsics
@@ -255,10 +266,14 @@ FK_INLINE void adam_tensor_range_with(const TensorJob& job, const AdamConsts<typ
           bits[b * 8 + 2 * j] = static_cast<uint16_t>(words[j][b]);
           bits[b * 8 + 2 * j + 1] = static_cast<uint16_t>(words[j][b] >> 16);
         }
-      adam_range<V>(job, c, lo, hi, BitsNoise{bits, first_block * 8});
+      if constexpr (kPackets<V>) {
+        adam_packets<V>(job, c, lo, hi, bits + (lo - first_block * 8));
+      } else {
+        adam_range<V>(job, c, lo, hi, BitsNoise{bits, first_block * 8});
+      }
     }
   } else if constexpr (kPackets<V>) {
-    adam_packets<V>(job, c, begin, end);
+    adam_packets<V>(job, c, begin, end, nullptr);
   } else {
     adam_range<V>(job, c, begin, end, NoNoise{});
   }

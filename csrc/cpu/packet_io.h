@@ -1,7 +1,8 @@
 // One vector register of 16-bit floats (fp16 or bf16) widened to float, and floats narrowed back, with
-// intrinsics: PacketIO<IsaTag, Storage>::widen(in, out) / narrow(in, out) convert kLanes elements (8 on
-// AVX2, 16 on AVX-512). Same values as math/float16.h: fp16 with F16C's vcvtph2ps / vcvtps2ph (round to
-// nearest even); bf16 with the integer form of math::float_to_bf16_rne (NaN -> (bits >> 16) | 0x40).
+// intrinsics: PacketIO<IsaTag, Storage>::widen(in, out) / narrow(in, out) convert kLanes elements (fp16: 8 on
+// AVX2, 16 on AVX-512; bf16: 16, two registers on AVX2 so that one pack instruction narrows both). Same values
+// as math/float16.h: fp16 with F16C's vcvtph2ps / vcvtps2ph (round to nearest even); bf16 with the integer form
+// of math::float_to_bf16_rne (NaN -> (bits >> 16) | 0x40), and narrow_stochastic for float_to_bf16_stochastic.
 //
 // Why intrinsics: GCC 12 converts `_Float16` one element at a time, and vectorizes the bit tricks of
 // float16.h at 16 elements per iteration on AVX2 (one register of 16-bit values, two of floats), where the
@@ -90,10 +91,23 @@ struct PacketIO<IsaAvx2, Bfloat16> {
     const __m256i quiet_nan = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
     return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
   }
-  FK_TARGET_AVX2 static inline void narrow(const float* in, uint16_t* out) {
-    // Every lane < 2^16, so the saturating pack is exact; it interleaves 128-bit halves, vpermq restores order.
-    const __m256i packed = _mm256_packus_epi32(round8(in), round8(in + 8));
+  // math::float_to_bf16_stochastic of 8 floats with 16 bits of noise each (inf and NaN round to nearest even).
+  FK_TARGET_AVX2 static inline __m256i round8_stochastic(const float* in, const uint16_t* noise) {
+    const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in));
+    const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(noise)));
+    const __m256i noisy = _mm256_srli_epi32(_mm256_add_epi32(u, bits), 16);
+    const __m256i exponent = _mm256_and_si256(u, _mm256_set1_epi32(0x7F800000));
+    const __m256i non_finite = _mm256_cmpeq_epi32(exponent, _mm256_set1_epi32(0x7F800000));
+    return _mm256_blendv_epi8(noisy, round8(in), non_finite);
+  }
+  // Every lane < 2^16, so the saturating pack is exact; it interleaves 128-bit halves, vpermq restores order.
+  FK_TARGET_AVX2 static inline void pack16(__m256i low, __m256i high, uint16_t* out) {
+    const __m256i packed = _mm256_packus_epi32(low, high);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_permute4x64_epi64(packed, 0xD8));
+  }
+  FK_TARGET_AVX2 static inline void narrow(const float* in, uint16_t* out) { pack16(round8(in), round8(in + 8), out); }
+  FK_TARGET_AVX2 static inline void narrow_stochastic(const float* in, const uint16_t* noise, uint16_t* out) {
+    pack16(round8_stochastic(in, noise), round8_stochastic(in + 8, noise + 8), out);
   }
 };
 
@@ -105,7 +119,8 @@ struct PacketIO<IsaAvx512, Bfloat16> {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)));
     _mm512_storeu_si512(out, _mm512_slli_epi32(wide, 16));
   }
-  FK_TARGET_AVX512 static inline void narrow(const float* in, uint16_t* out) {
+  // math::float_to_bf16_rne of 16 floats, in the low 16 bits of each 32-bit lane.
+  FK_TARGET_AVX512 static inline __m512i round16(const float* in) {
     const __m512i u = _mm512_loadu_si512(in);
     const __m512i high = _mm512_srli_epi32(u, 16);
     const __m512i lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
@@ -113,8 +128,20 @@ struct PacketIO<IsaAvx512, Bfloat16> {
     const __m512 f = _mm512_castsi512_ps(u);
     const __mmask16 is_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
     const __m512i quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
-    const __m512i bits = _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(bits));
+    return _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
+  }
+  FK_TARGET_AVX512 static inline void narrow(const float* in, uint16_t* out) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(round16(in)));  // lanes < 2^16
+  }
+  // math::float_to_bf16_stochastic with 16 bits of noise per element (inf and NaN round to nearest even).
+  FK_TARGET_AVX512 static inline void narrow_stochastic(const float* in, const uint16_t* noise, uint16_t* out) {
+    const __m512i u = _mm512_loadu_si512(in);
+    const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(noise)));
+    const __m512i noisy = _mm512_srli_epi32(_mm512_add_epi32(u, bits), 16);
+    const __m512i exponent = _mm512_and_si512(u, _mm512_set1_epi32(0x7F800000));
+    const __mmask16 non_finite = _mm512_cmpeq_epi32_mask(exponent, _mm512_set1_epi32(0x7F800000));
+    const __m512i rounded = _mm512_mask_blend_epi32(non_finite, noisy, round16(in));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(rounded));
   }
 };
 #endif
