@@ -213,11 +213,13 @@ def _long_enough(make_call, min_s=0.04):
 
 
 def test_gil_detector_sees_a_call_that_holds_the_gil():
-    """The control for the test below: sorted() runs in C holding the GIL."""
+    """The control for the test below: sorted() runs in C holding the GIL, and the detector must not pass it for a
+    call that releases it (the complement of the test's criterion). It once let the other thread in at 5 of 833
+    bins under ASan on a loaded machine, which the earlier bound of 4 bins failed."""
     data = list(range(1_000_000))
     random.Random(0).shuffle(data)
     ran, bins = _time_other_thread_ran_during(lambda: sorted(data))
-    assert bins >= 50 and ran <= 4, (ran, bins)
+    assert bins >= 50 and ran < max(10, bins // 4), (ran, bins)
 
 
 def _adam_call(n):

@@ -55,9 +55,25 @@ struct Plan {
 constexpr int64_t kChunk = 1 << 14;      // elements per chunk
 constexpr int64_t kPartMin = 1 << 15;    // fewest elements worth a thread of their own
 
+// One function per variant, carrying its ISA's target attribute (overloaded on the ISA tag), rather than every
+// variant inlined into one function per ISA: that function held ~500 loop copies, and GCC's time on it grew
+// faster than linearly (the ASan + UBSan build of this file took over 20 minutes). One call per chunk.
+template <class V>
+FK_TARGET_AVX512 __attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaAvx512) {
+  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
+}
+template <class V>
+FK_TARGET_AVX2 __attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaAvx2) {
+  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
+}
+template <class V>
+__attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaBaseline) {
+  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
+}
+
 template <class V>
 FK_INLINE void run_chunk(const Plan& plan, const Chunk& ch) {
-  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
+  run_chunk_on<V>(plan, ch, typename V::Isa{});
 }
 
 // Runtime options -> compile-time variant (rule x ema x grad write-back).
