@@ -5,7 +5,7 @@
 // call, not thousands).
 
 // No contraction of a * b + c into an fma in this file: torch rounds every product of the Adam step on its own
-// except the ones math/adam.h writes as explicit fma. (Once adam_packets folds the usual options to constants,
+// except the ones math/adam.h writes as explicit fma. (Once adam_tensor_range folds the usual options to constants,
 // GCC would otherwise fuse the decoupled decay `theta * decay_factor` into the final update's add.) First
 // line, so that every function here, the headers' included, carries the same option and inlines as before.
 #pragma GCC optimize("fp-contract=off")
@@ -57,7 +57,7 @@ constexpr int64_t kPartMin = 1 << 15;    // fewest elements worth a thread of th
 
 // One function per variant, carrying its ISA's target attribute (overloaded on the ISA tag), rather than every
 // variant inlined into one function per ISA: that function held ~500 loop copies, and GCC's time on it grew
-// faster than linearly (the ASan + UBSan build of this file took over 20 minutes). One call per chunk.
+// faster than linearly (the ASan + UBSan build of this file took over 25 minutes). One call per chunk.
 template <class V>
 FK_TARGET_AVX512 __attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaAvx512) {
   adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);

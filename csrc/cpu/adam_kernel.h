@@ -162,11 +162,11 @@ struct BitsNoise {
 };
 
 // One packet (PacketIO's kLanes elements from `lo`) of a 16-bit param: its 16-bit arrays are widened into
-// local float arrays, updated by the fp32 loop and narrowed back (to nearest even; a stochastically rounded
-// param with `noise`), the same numbers as adam_range<V> with the portable conversions. The local arrays stay in registers (packet_io.h), where
-// buffers of 256 elements converted by separate loops cost 7 vector stores per register of elements more
-// (1.6 against torch's 0.9 ns per fp16 element on one Zen 3 thread).
-// `noise`: 16 random bits per element of the packet (stochastic rounding of the param), else unused.
+// local float arrays, updated by the fp32 loop and narrowed back, the same numbers as adam_range<V> with the
+// portable conversions. The local arrays stay in registers (packet_io.h), where buffers of 256 elements
+// converted by separate loops cost 7 vector stores per register of elements more (1.6 against torch's 0.9 ns
+// per fp16 element on one Zen 3 thread). `noise`: 16 random bits per element of the packet for a
+// stochastically rounded param, else unused (the others round to nearest even).
 template <class V>
 FK_INLINE void adam_packet(const TensorJob& job, const AdamConsts<float>& c, int64_t lo, const uint16_t* noise) {
   using IO = PacketIO<typename V::Isa, typename V::Param::packet>;
