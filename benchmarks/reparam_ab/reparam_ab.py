@@ -5,7 +5,8 @@
 Compiles csrc/cpu/reparam_kernels.cpp and the Philox files of both trees into one program (B's public names get
 the suffix _b) with setup.py's flags and runs main.cpp, which alternates calls of A and B in one process. On a
 shared host, process-level A/B (two builds timed in turn) varied by +-25% between runs and missed a 12% change that
-this pairing shows in every run. float32, no prior; forward and backward. Not part of `make bench`.
+this pairing shows in every run. float32 or bfloat16 (--dtype), no prior; forward and backward. Not part of
+`make bench`.
 """
 import argparse
 import concurrent.futures
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=["4096x256"], help="ROWSxDIM")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=100)
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base_tree = os.path.join(tmp, "a")
@@ -61,7 +63,7 @@ def main():
                        [f"-L{lib}", "-ltorch_cpu", "-lc10", f"-Wl,-rpath,{lib}"], check=True)
         for shape in args.shapes:
             rows, dim = shape.split("x")
-            subprocess.run([exe, rows, dim, str(args.threads), str(args.rounds)], check=True)
+            subprocess.run([exe, rows, dim, str(args.threads), str(args.rounds), args.dtype], check=True)
 
 
 if __name__ == "__main__":
