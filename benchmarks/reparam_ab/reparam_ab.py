@@ -6,8 +6,8 @@ Compiles csrc/cpu/reparam_kernels.cpp and the Philox files of both trees into on
 the suffix _b) with setup.py's flags and runs main.cpp, which alternates calls of A and B in one process. On a
 shared host, process-level A/B (two builds timed in turn) varied by +-25% between runs and missed a 12% change that
 this pairing shows in every run. With the same code on both sides (--base HEAD, clean tree) the medians differed
-by up to 8% on that host: read single figures with that much noise. float32 or bfloat16 (--dtype), no prior; forward and backward. Not part of
-`make bench`.
+by up to 8% on that host: read single figures with that much noise. float32 or bfloat16 (--dtype), no prior;
+forward and backward. Not part of `make bench`.
 """
 import argparse
 import concurrent.futures
