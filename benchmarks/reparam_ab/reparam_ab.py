@@ -51,13 +51,18 @@ def main():
         suffixed = [f"-D{name}={name}_b" for name in RENAMED]
         jobs += [(compile_flags(ROOT) + suffixed, os.path.join(ROOT, f), os.path.join(tmp, f"b{i}.o"))
                  for i, f in enumerate(PER_BUILD)]
-        jobs += [(compile_flags(ROOT), os.path.join(ROOT, f), os.path.join(tmp, f"s{i}.o")) for i, f in enumerate(SHARED)]
-        jobs.append((compile_flags(ROOT), os.path.join(os.path.dirname(__file__), "main.cpp"), os.path.join(tmp, "m.o")))
+        jobs += [(compile_flags(ROOT), os.path.join(ROOT, f), os.path.join(tmp, f"s{i}.o"))
+                 for i, f in enumerate(SHARED)]
+        main_cpp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.cpp")
+        jobs.append((compile_flags(ROOT), main_cpp, os.path.join(tmp, "m.o")))
         print(f"compiling {len(jobs)} files (A = {args.base}, B = working tree) ...", flush=True)
+        def compile_one(job):
+            return subprocess.run(job[0] + [job[1], "-o", job[2]], capture_output=True, text=True)
+
         with concurrent.futures.ThreadPoolExecutor(int(os.environ.get("MAX_JOBS", "2"))) as pool:
-            for job in pool.map(lambda j: subprocess.run(j[0] + [j[1], "-o", j[2]], capture_output=True, text=True), jobs):
-                if job.returncode:
-                    sys.exit(job.stderr)
+            for done in pool.map(compile_one, jobs):
+                if done.returncode:
+                    sys.exit(done.stderr)
         lib = os.path.join(os.path.dirname(torch.__file__), "lib")
         exe = os.path.join(tmp, "reparam_ab")
         subprocess.run(["g++", "-fopenmp", "-o", exe] + [j[2] for j in jobs] +
