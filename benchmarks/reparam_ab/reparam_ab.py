@@ -3,7 +3,8 @@
     python benchmarks/reparam_ab/reparam_ab.py --base HEAD --shapes 4096x256 65536x128 --threads 1
 
 Compiles csrc/cpu/reparam_kernels.cpp and the Philox files of both trees into one program (B's public names get
-the suffix _b) with setup.py's flags and runs main.cpp, which alternates calls of A and B in one process. On a
+the suffix _b) with the extension's code-generation flags (setup.py's -O3 -fno-math-errno -fopenmp, and the
+-std=c++20 torch's BuildExtension adds) and runs main.cpp, which alternates calls of A and B in one process. On a
 shared host, process-level A/B (two builds timed in turn) varied by +-25% between runs and missed a 12% change that
 this pairing shows in every run. With the same code on both sides (--base HEAD, clean tree) the medians differed
 by up to 8% on that host: read single figures with that much noise. float32 or bfloat16 (--dtype), no prior;
@@ -29,7 +30,7 @@ RENAMED = ["reparam_forward_cpu", "reparam_backward_cpu", "philox_debug_cpu", "f
 
 def compile_flags(tree):
     abi = int(torch.compiled_with_cxx11_abi())
-    return (["g++", "-c", "-O3", "-fno-math-errno", "-fopenmp", "-std=c++17", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+    return (["g++", "-c", "-O3", "-fno-math-errno", "-fopenmp", "-std=c++20", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
              f"-I{tree}/csrc", f"-I{tree}/csrc/cpu"] + [f"-I{p}" for p in cpp_extension.include_paths()])
 
 
@@ -56,6 +57,7 @@ def main():
         main_cpp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.cpp")
         jobs.append((compile_flags(ROOT), main_cpp, os.path.join(tmp, "m.o")))
         print(f"compiling {len(jobs)} files (A = {args.base}, B = working tree) ...", flush=True)
+
         def compile_one(job):
             return subprocess.run(job[0] + [job[1], "-o", job[2]], capture_output=True, text=True)
 

@@ -2,9 +2,9 @@
 // interleaved (32 blocks per call measured 16% faster per block than 16 on this project's Zen 5 host; more
 // registers spill). See philox_simd.h for why intrinsics.
 
-// Instruction scheduling before register allocation, as in reparam_kernels.cpp (why: there). On Zen 3 (AVX2) the
-// noise pipeline (these words, then Box-Muller) took 2.30 ms per 1M normals unscheduled, 2.05 with Box-Muller
-// scheduled and 1.81 with these words scheduled too. The same words, bit for bit.
+// Instruction scheduling before register allocation, as in reparam_kernels.cpp and philox_avx2.cpp (why and the
+// AVX2 figures: there). Its effect on this AVX-512 copy is unmeasured (no AVX-512 host since); the words are the
+// same, bit for bit.
 #pragma GCC optimize("schedule-insns", "sched-pressure")
 
 #include "philox_simd.h"

@@ -6,7 +6,7 @@
 // Instruction scheduling before register allocation (GCC leaves it off on x86, -fschedule-insns): Box-Muller is a
 // ~70-cycle dependency chain per vector (uniform, log, sqrt, multiply), and in source order the next vector's
 // independent work waits behind it for room in the FP scheduler. Interleaved, Box-Muller alone ran ~20% faster on
-// Zen 3 (AVX2), reparam forward and backward 10-14% (with philox_avx2.cpp scheduled too). sched-pressure keeps
+// Zen 3 (AVX2), reparam forward and backward 4-21% (with philox_avx2.cpp scheduled too). sched-pressure keeps
 // the reordering from spilling. Only the order of instructions changes, never an operation or its rounding (the
 // outputs are bit for bit the same). Before any include, as adam_cpu.cpp's pragma, so inlined headers get it too.
 #pragma GCC optimize("schedule-insns", "sched-pressure")
