@@ -15,12 +15,14 @@ import sys
 import time
 
 
-def measure(dtype_name, numel, threads, options):
+def measure(dtype_name, numel, threads, options, isa):
     import torch
 
     import fused_kingma as fk
 
     torch.set_num_threads(threads)
+    if isa and fk.set_cpu_isa(isa) != isa:
+        raise SystemExit(f"--isa {isa}: this CPU runs at most {fk.cpu_isa()}")
     dtype = getattr(torch, dtype_name)
 
     def make():
@@ -52,12 +54,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--options", default="{}", help="FusedAdam keyword arguments as a Python dict literal")
+    ap.add_argument("--isa", default="", help="run fused_kingma's copy for this ISA (baseline, avx2, avx512)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         import ast
 
-        res = measure(args.dtype, args.numel, args.threads, ast.literal_eval(args.options))
+        res = measure(args.dtype, args.numel, args.threads, ast.literal_eval(args.options), args.isa)
         print(res["fused_kingma"], res["torch fused"])
         return
     for r in range(args.rounds):
@@ -65,7 +68,8 @@ def main():
             env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--dtype", args.dtype,
                                   "--numel", str(args.numel), "--threads", str(args.threads), "--options",
-                                  args.options], env=env, check=True, capture_output=True, text=True).stdout
+                                  args.options, "--isa", args.isa], env=env, check=True, capture_output=True,
+                             text=True).stdout
             ours, theirs = (float(x) for x in out.split())
             print(f"round {r}  {build:30s} fused_kingma {ours:.3f}  torch fused {theirs:.3f} ns/elem  "
                   f"torch/ours {theirs / ours:.3f}", flush=True)
