@@ -80,28 +80,27 @@ struct PacketIO<IsaAvx2, Bfloat16> {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), widen8(in));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), widen8(in + 8));
   }
+  // `shifted` with its NaN lanes (those of f) replaced by float_to_bf16_rne's quiet NaN, (bits >> 16) | 0x40.
+  FK_TARGET_AVX2 static inline __m256i quiet_nan_lanes(__m256 f, __m256i shifted) {
+    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
+    const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(_mm256_castps_si256(f), 16), _mm256_set1_epi32(0x40));
+    return _mm256_blendv_epi8(shifted, quiet_nan, is_nan);
+  }
   // math::float_to_bf16_rne of 8 floats, in the low 16 bits of each 32-bit lane.
   FK_TARGET_AVX2 static inline __m256i round8(const float* in) {
     const __m256 f = _mm256_loadu_ps(in);
     const __m256i u = _mm256_castps_si256(f);
-    const __m256i high = _mm256_srli_epi32(u, 16);
-    const __m256i lsb = _mm256_and_si256(high, _mm256_set1_epi32(1));
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
-    const __m256i quiet_nan = _mm256_or_si256(high, _mm256_set1_epi32(0x40));
-    return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+    return quiet_nan_lanes(f, _mm256_srli_epi32(rounded, 16));
   }
   // math::float_to_bf16_stochastic of 8 floats with 16 bits of noise each. Its inf and NaN take round-to-nearest-
   // even; for +-inf the noisy sum gives the same bits (0x7F800000 + less than 2^16, shifted), so only NaN lanes
-  // are replaced, by the quiet NaN float_to_bf16_rne makes.
+  // are replaced.
   FK_TARGET_AVX2 static inline __m256i round8_stochastic(const float* in, const uint16_t* noise) {
     const __m256 f = _mm256_loadu_ps(in);
-    const __m256i u = _mm256_castps_si256(f);
     const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(noise)));
-    const __m256i noisy = _mm256_srli_epi32(_mm256_add_epi32(u, bits), 16);
-    const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
-    const __m256i quiet_nan = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-    return _mm256_blendv_epi8(noisy, quiet_nan, is_nan);
+    return quiet_nan_lanes(f, _mm256_srli_epi32(_mm256_add_epi32(_mm256_castps_si256(f), bits), 16));
   }
   // Every lane < 2^16, so the saturating pack is exact; it interleaves 128-bit halves, vpermq restores order.
   FK_TARGET_AVX2 static inline void pack16(__m256i low, __m256i high, uint16_t* out) {
@@ -122,16 +121,18 @@ struct PacketIO<IsaAvx512, Bfloat16> {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)));
     _mm512_storeu_si512(out, _mm512_slli_epi32(wide, 16));
   }
+  // `shifted` with its NaN lanes (those of u's floats) replaced by float_to_bf16_rne's quiet NaN, (bits >> 16) | 0x40.
+  FK_TARGET_AVX512 static inline __m512i quiet_nan_lanes(__m512i u, __m512i shifted) {
+    const __m512 f = _mm512_castsi512_ps(u);
+    const __mmask16 is_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+    return _mm512_mask_or_epi32(shifted, is_nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+  }
   // math::float_to_bf16_rne of 16 floats, in the low 16 bits of each 32-bit lane.
   FK_TARGET_AVX512 static inline __m512i round16(const float* in) {
     const __m512i u = _mm512_loadu_si512(in);
-    const __m512i high = _mm512_srli_epi32(u, 16);
-    const __m512i lsb = _mm512_and_si512(high, _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-    const __m512 f = _mm512_castsi512_ps(u);
-    const __mmask16 is_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-    const __m512i quiet_nan = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
-    return _mm512_mask_blend_epi32(is_nan, rounded, quiet_nan);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb);
+    return quiet_nan_lanes(u, _mm512_srli_epi32(rounded, 16));
   }
   FK_TARGET_AVX512 static inline void narrow(const float* in, uint16_t* out) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(round16(in)));  // lanes < 2^16
@@ -140,10 +141,7 @@ struct PacketIO<IsaAvx512, Bfloat16> {
   FK_TARGET_AVX512 static inline void narrow_stochastic(const float* in, const uint16_t* noise, uint16_t* out) {
     const __m512i u = _mm512_loadu_si512(in);
     const __m512i bits = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(noise)));
-    const __m512i noisy = _mm512_srli_epi32(_mm512_add_epi32(u, bits), 16);
-    const __m512 f = _mm512_castsi512_ps(u);
-    const __mmask16 is_nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
-    const __m512i rounded = _mm512_mask_or_epi32(noisy, is_nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    const __m512i rounded = quiet_nan_lanes(u, _mm512_srli_epi32(_mm512_add_epi32(u, bits), 16));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(rounded));
   }
 };
