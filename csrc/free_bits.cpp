@@ -10,6 +10,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_bypass.h"
 #include "typed_op.h"
 
 namespace fused_kingma {
@@ -65,6 +66,12 @@ at::Tensor free_bits_kl_backward(const at::Tensor& grad, const at::Tensor& kl, i
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+const auto& free_bits_op() {
+  static const auto op =
+      typed_op<at::Tensor(const at::Tensor&, int64_t, double, at::ScalarType)>("fused_kingma::free_bits_kl");
+  return op;
+}
+
 struct FreeBitsFunction : public torch::autograd::Function<FreeBitsFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& kl, int64_t batch, double free_bits,
                             at::ScalarType out_dtype) {
@@ -72,9 +79,7 @@ struct FreeBitsFunction : public torch::autograd::Function<FreeBitsFunction> {
     ctx->save_for_backward({kl});
     ctx->saved_data["batch"] = batch;
     ctx->saved_data["free_bits"] = free_bits;
-    static const auto op = typed_op<at::Tensor(const at::Tensor&, int64_t, double, at::ScalarType)>(
-        "fused_kingma::free_bits_kl");
-    return op.call(kl, batch, free_bits, out_dtype);
+    return free_bits_op().call(kl, batch, free_bits, out_dtype);
   }
 
   // An op of its own (not a loop here): torch.compile traces this backward with fake tensors.
@@ -88,6 +93,10 @@ struct FreeBitsFunction : public torch::autograd::Function<FreeBitsFunction> {
 };
 
 at::Tensor free_bits_kl_autograd(const at::Tensor& kl, int64_t batch, double free_bits, at::ScalarType out_dtype) {
+  if (!needs_graph({&kl})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return free_bits_op().call(kl, batch, free_bits, out_dtype);
+  }
   return FreeBitsFunction::apply(kl, batch, free_bits, out_dtype);
 }
 

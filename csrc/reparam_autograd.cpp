@@ -8,6 +8,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include "autograd_bypass.h"
 #include "reparam_glue.h"
 #include "typed_op.h"
 
@@ -54,6 +55,23 @@ struct ReparamBackwardFunction : public torch::autograd::Function<ReparamBackwar
   static variable_list backward(AutogradContext*, variable_list) { TORCH_CHECK(false, kNoDoubleBackward); }
 };
 
+FourTensors reparam_bwd_autograd(const OptTensor& grad_z, const at::Tensor& grad_kl, const OptTensor& grad_log_q,
+                                 const OptTensor& grad_log_p, const at::Tensor& mu, const at::Tensor& logvar,
+                                 const OptTensor& prior_mu, const OptTensor& prior_logvar,
+                                 const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
+  const auto ptr = [](const OptTensor& t) { return t ? &*t : nullptr; };
+  if (!needs_graph({ptr(grad_z), &grad_kl, ptr(grad_log_q), ptr(grad_log_p), &mu, &logvar, ptr(prior_mu),
+                    ptr(prior_logvar)})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return bwd_op().call(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, prior_mu, prior_logvar, seed_offset,
+                         num_samples, kl_per_dim);
+  }
+  const variable_list out = ReparamBackwardFunction::apply(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar,
+                                                           prior_mu, prior_logvar, seed_offset, num_samples,
+                                                           kl_per_dim);
+  return {out[0], out[1], out[2], out[3]};
+}
+
 struct ReparamFunction : public torch::autograd::Function<ReparamFunction> {
   static variable_list forward(AutogradContext* ctx, const at::Tensor& mu, const at::Tensor& logvar,
                                const OptTensor& prior_mu, const OptTensor& prior_logvar,
@@ -87,30 +105,24 @@ struct ReparamFunction : public torch::autograd::Function<ReparamFunction> {
     if (K > 0) grad_z = grads[0].defined() ? grads[0] : at::zeros(with_samples(mu.sizes(), K), mu.options());
     const OptTensor grad_log_q = with_log_prob ? opt(grads[2]) : std::nullopt;
     const OptTensor grad_log_p = with_log_prob ? opt(grads[3]) : std::nullopt;
-    variable_list g = ReparamBackwardFunction::apply(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar,
-                                                     opt(prior_mu), opt(prior_logvar), saved[4], K, kl_per_dim);
+    auto [g_mu, g_lv, g_pmu_full, g_plv_full] = reparam_bwd_autograd(
+        grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar, opt(prior_mu), opt(prior_logvar), saved[4], K, kl_per_dim);
     at::Tensor g_pmu, g_plv;  // the kernel gives the prior's gradients expanded to mu's shape
-    if (prior_mu.defined() && ctx->needs_input_grad(2)) g_pmu = g[2].sum_to_size(prior_mu.sizes());
-    if (prior_logvar.defined() && ctx->needs_input_grad(3)) g_plv = g[3].sum_to_size(prior_logvar.sizes());
-    return {g[0], g[1], g_pmu, g_plv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (prior_mu.defined() && ctx->needs_input_grad(2)) g_pmu = g_pmu_full.sum_to_size(prior_mu.sizes());
+    if (prior_logvar.defined() && ctx->needs_input_grad(3)) g_plv = g_plv_full.sum_to_size(prior_logvar.sizes());
+    return {g_mu, g_lv, g_pmu, g_plv, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 FourTensors reparam_fwd_autograd(const at::Tensor& mu, const at::Tensor& logvar, const OptTensor& prior_mu,
                                  const OptTensor& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
                                  bool with_log_prob, bool kl_per_dim) {
+  if (!needs_graph({&mu, &logvar, prior_mu ? &*prior_mu : nullptr, prior_logvar ? &*prior_logvar : nullptr})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return fwd_op().call(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples, with_log_prob, kl_per_dim);
+  }
   const variable_list out = ReparamFunction::apply(mu, logvar, prior_mu, prior_logvar, seed_offset, num_samples,
                                                    with_log_prob, kl_per_dim);
-  return {out[0], out[1], out[2], out[3]};
-}
-
-FourTensors reparam_bwd_autograd(const OptTensor& grad_z, const at::Tensor& grad_kl, const OptTensor& grad_log_q,
-                                 const OptTensor& grad_log_p, const at::Tensor& mu, const at::Tensor& logvar,
-                                 const OptTensor& prior_mu, const OptTensor& prior_logvar,
-                                 const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
-  const variable_list out = ReparamBackwardFunction::apply(grad_z, grad_kl, grad_log_q, grad_log_p, mu, logvar,
-                                                           prior_mu, prior_logvar, seed_offset, num_samples,
-                                                           kl_per_dim);
   return {out[0], out[1], out[2], out[3]};
 }
 

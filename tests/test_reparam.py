@@ -1,4 +1,6 @@
 """reparameterize / gaussian_kl against the reference (same eps), torch.distributions, gradcheck, ISAs, errors."""
+import contextlib
+
 import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
@@ -319,6 +321,35 @@ def test_double_backward_is_a_clear_error():
     (g,) = torch.autograd.grad((z ** 2).sum() + kl.sum(), mu, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         g.sum().backward()
+
+
+@pytest.mark.parametrize("free_bits", [None, 0.3])
+def test_no_graph_when_nothing_needs_grad_and_same_values(free_bits):
+    # The Autograd kernels skip autograd::Function when no input requires grad (or grad mode is off): the outputs
+    # must carry no graph, and hold exactly what the recorded path computes.
+    mu, lv = _inputs((5, 19), torch.float32, seed=21)
+    pm, plv = _inputs((19,), torch.float32, seed=22)
+    kwargs = dict(num_samples=2, prior=(pm, plv), free_bits=free_bits, return_log_prob=True, seed=5, offset=3)
+    recorded = fk.reparameterize(mu.clone().requires_grad_(), lv, **kwargs)
+    assert all(t.grad_fn is not None for t in recorded)
+    for mode in ("plain", "no_grad", "inference_mode"):
+        ctx = {"plain": contextlib.nullcontext, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}[mode]
+        with ctx():
+            leaf = mu.clone().requires_grad_() if mode != "plain" else mu
+            out = fk.reparameterize(leaf, lv, **kwargs)
+        for got, exp in zip(out, recorded):
+            assert got.grad_fn is None and not got.requires_grad, mode
+            assert torch.equal(got, exp.detach()), mode
+    # Backward without create_graph takes the direct path for reparam_bwd too; with create_graph it records the
+    # node that refuses double backward (test_double_backward_is_a_clear_error).
+    leaf = mu.clone().requires_grad_()
+    z, kl, lq, lp = fk.reparameterize(leaf, lv, **kwargs)
+    (g,) = torch.autograd.grad(z.sum() + kl.sum() + lq.sum() + lp.sum(), leaf)
+    assert g.grad_fn is None
+    g_direct = ops.reparam_bwd(torch.ones(2, 5, 19), torch.ones(5), torch.ones(2, 5), torch.ones(2, 5), mu, lv, pm,
+                               plv, torch.tensor([5, 3]), 2)[0]
+    if free_bits is None:
+        torch.testing.assert_close(g, g_direct, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("free_bits", [None, 0.3])
