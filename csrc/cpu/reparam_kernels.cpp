@@ -193,6 +193,22 @@ FK_ALWAYS_INLINE bool widen_row_exp_args_moderate(const S* __restrict in, float*
   }
 }
 
+// Rows processed by one call of the row loops. Short rows that lie back to back in every array (mu, lv, z,
+// the noise, and the prior unless it is shared) go through the loops as one flat run of about kRunElems
+// elements: a loop per 8 or 32 elements cost as much in setup (the exp-range check, the loop's vector prologue
+// and tail) as in work. The per-row sums are then taken from the run's buffers row by row, in the same order
+// as for a lone row, so the results do not depend on the run length.
+constexpr int64_t kRunElems = 512;
+inline int64_t rows_per_run(int64_t D, bool rows_back_to_back) {
+  return rows_back_to_back && D < kRunElems ? kRunElems / (D > 0 ? D : 1) : 1;
+}
+
+// Whether prior rows lie back to back like mu's (a prior expanded to mu's shape, or none).
+template <class Cfg, class Args>
+FK_ALWAYS_INLINE bool prior_rows_back_to_back(const Args& a) {
+  return !Cfg::prior || (a.mp_row_stride == a.D && a.lvp_row_stride == a.D);
+}
+
 template <class Isa, class Cfg>
 FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t hi) {
   using S = typename Cfg::scalar_t;
@@ -203,86 +219,96 @@ FK_ALWAYS_INLINE void fwd_rows_impl(const ReparamFwdArgs& a, int64_t lo, int64_t
   const S* __restrict mp_all = static_cast<const S*>(a.mp);
   const S* __restrict lvp_all = static_cast<const S*>(a.lvp);
   const int64_t tile_rows = rows_per_noise_tile(D);
+  const int64_t run_rows = rows_per_run(D, prior_rows_back_to_back<Cfg>(a));
+  const int64_t run_len = run_rows * D;
   std::vector<float> noise(noise_buffer_len(tile_rows * D));
   const float* tile_eps = nullptr;  // noise of rows [tile_begin, tile_end)
   int64_t tile_begin = 0, tile_end = 0;
-  std::vector<A> kl_buf(D), lq_buf(Cfg::log_prob ? D : 0), lp_buf(Cfg::log_prob ? D : 0);
+  std::vector<A> kl_buf(run_len), lq_buf(Cfg::log_prob ? run_len : 0), lp_buf(Cfg::log_prob ? run_len : 0);
   A* __restrict klb = kl_buf.data();
   A* __restrict lqb = lq_buf.data();
   A* __restrict lpb = lp_buf.data();
-  std::vector<float> wide(kWidenRows<S> ? (Cfg::prior ? 5 : 3) * D : 0);  // mu, lv, z (, mp, lvp) as floats
+  std::vector<float> wide(kWidenRows<S> ? (Cfg::prior ? 5 : 3) * run_len : 0);  // mu, lv, z (, mp, lvp) as floats
   const A log_norm = -static_cast<A>(math::kHalfLog2Pi) * static_cast<A>(D);
-  for (int64_t t = lo; t < hi; ++t) {  // t = k * R + r when sampling, r otherwise
+  // Runs [t, t + n): t = k * R + r when sampling, r otherwise; a run stays within one sample and one noise tile.
+  for (int64_t t = lo, n = 0; t < hi; t += n) {
     const int64_t r = a.K > 0 ? t % R : t;
+    const bool first_sample = t < R;  // the KL of row r is computed once, with its first sample
+    if (a.K > 0 && t >= tile_end) {
+      tile_begin = t;
+      tile_end = std::min(hi, t + tile_rows);
+      // The rows of the next tile (input rows of a prior shared by all rows stay cached anyway).
+      const int64_t next_rows = std::min(hi, tile_end + tile_rows) - tile_end;
+      PrefetchPlan next;
+      if (next_rows > 0) {
+        const int64_t next_r = tile_end % R;
+        const int64_t bytes = std::min(next_rows, R - next_r) * D * static_cast<int64_t>(sizeof(S));
+        next.add(mu_all + next_r * D, bytes, false);
+        next.add(lv_all + next_r * D, bytes, false);
+        next.add(static_cast<S*>(a.z) + tile_end * D, next_rows * D * static_cast<int64_t>(sizeof(S)), true);
+      }
+      tile_eps = normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D),
+                                       (tile_end - t) * D, noise.data(), next);
+    }
+    n = std::min({run_rows, R - r, (a.K > 0 ? tile_end : hi) - t});
+    const int64_t len = n * D;  // the run's elements, back to back in every array
     const S* __restrict mu = mu_all + r * D;
     const S* __restrict lv = lv_all + r * D;
     const S* __restrict mp = Cfg::prior ? mp_all + r * a.mp_row_stride : nullptr;
     const S* __restrict lvp = Cfg::prior ? lvp_all + r * a.lvp_row_stride : nullptr;
-    const bool first_sample = t < R;  // the KL of row r is computed once, with its first sample
     if (a.K > 0) {
-      if (t >= tile_end) {
-        tile_begin = t;
-        tile_end = std::min(hi, t + tile_rows);
-        // The rows of the next tile (input rows of a prior shared by all rows stay cached anyway).
-        const int64_t next_rows = std::min(hi, tile_end + tile_rows) - tile_end;
-        PrefetchPlan next;
-        if (next_rows > 0) {
-          const int64_t next_r = a.K > 0 ? tile_end % R : tile_end;
-          const int64_t bytes = std::min(next_rows, R - next_r) * D * static_cast<int64_t>(sizeof(S));
-          next.add(mu_all + next_r * D, bytes, false);
-          next.add(lv_all + next_r * D, bytes, false);
-          next.add(static_cast<S*>(a.z) + tile_end * D, next_rows * D * static_cast<int64_t>(sizeof(S)), true);
-        }
-        tile_eps = normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(t) * static_cast<uint64_t>(D),
-                                         (tile_end - t) * D, noise.data(), next);
-      }
       const float* __restrict eps = tile_eps + (t - tile_begin) * D;
       S* __restrict z = static_cast<S*>(a.z) + t * D;
-      // z of the row, and its KL terms with the first sample, from rows of T (S, or float copies of S).
+      // z of the run, and its KL terms with the first sample, from rows of T (S, or float copies of S).
       const auto sample = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t, auto* z_t,
                               bool moderate) {
         if (first_sample) {
-          if (moderate) sample_row<Cfg, true, true>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
-          else sample_row<Cfg, true, false>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
+          if (moderate) sample_row<Cfg, true, true>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, len);
+          else sample_row<Cfg, true, false>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, len);
         } else {
-          if (moderate) sample_row<Cfg, false, true>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
-          else sample_row<Cfg, false, false>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, D);
+          if (moderate) sample_row<Cfg, false, true>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, len);
+          else sample_row<Cfg, false, false>(mu_t, lv_t, mp_t, lvp_t, eps, z_t, klb, lqb, lpb, len);
         }
       };
       if constexpr (kWidenRows<S>) {
         float* __restrict mu_f = wide.data();
-        float* __restrict lv_f = mu_f + D;
-        float* __restrict z_f = lv_f + D;
-        float* __restrict mp_f = Cfg::prior ? z_f + D : nullptr;
-        float* __restrict lvp_f = Cfg::prior ? z_f + 2 * D : nullptr;
-        convert_row<Isa>(mu, mu_f, D);
-        bool moderate = widen_row_exp_args_moderate<Isa>(lv, lv_f, D);
+        float* __restrict lv_f = mu_f + len;
+        float* __restrict z_f = lv_f + len;
+        float* __restrict mp_f = Cfg::prior ? z_f + len : nullptr;
+        float* __restrict lvp_f = Cfg::prior ? z_f + 2 * len : nullptr;
+        convert_row<Isa>(mu, mu_f, len);
+        bool moderate = widen_row_exp_args_moderate<Isa>(lv, lv_f, len);
         if constexpr (Cfg::prior) {
-          convert_row<Isa>(mp, mp_f, D);
-          moderate = widen_row_exp_args_moderate<Isa>(lvp, lvp_f, D) && moderate;
+          convert_row<Isa>(mp, mp_f, len);
+          moderate = widen_row_exp_args_moderate<Isa>(lvp, lvp_f, len) && moderate;
         }
         sample(mu_f, lv_f, mp_f, lvp_f, z_f, moderate);
-        convert_row<Isa>(z_f, z, D);
+        convert_row<Isa>(z_f, z, len);
       } else {
-        sample(mu, lv, mp, lvp, z, row_exp_args_moderate<Cfg>(lv, lvp, D));
+        sample(mu, lv, mp, lvp, z, row_exp_args_moderate<Cfg>(lv, lvp, len));
       }
       if constexpr (Cfg::log_prob) {
-        static_cast<S*>(a.lq)[t] = static_cast<S>(row_sum(lqb, D) + log_norm);
-        static_cast<S*>(a.lp)[t] = static_cast<S>(row_sum(lpb, D) + log_norm);
+        for (int64_t i = 0; i < n; ++i) {
+          static_cast<S*>(a.lq)[t + i] = static_cast<S>(row_sum(lqb + i * D, D) + log_norm);
+          static_cast<S*>(a.lp)[t + i] = static_cast<S>(row_sum(lpb + i * D, D) + log_norm);
+        }
       }
     } else {
-      if (row_exp_args_moderate<Cfg>(lv, lvp, D)) {
-        kl_row<Cfg, true>(mu, lv, mp, lvp, klb, D);
+      if (row_exp_args_moderate<Cfg>(lv, lvp, len)) {
+        kl_row<Cfg, true>(mu, lv, mp, lvp, klb, len);
       } else {
-        kl_row<Cfg, false>(mu, lv, mp, lvp, klb, D);
+        kl_row<Cfg, false>(mu, lv, mp, lvp, klb, len);
       }
     }
     if (first_sample) {
-      if (a.kl_per_dim) {  // this row's terms into its group's per-dim sums (rows of a group run in order)
-        double* __restrict group_sums = a.kl_partial + (r / a.kl_group_rows) * D;
-        for (int64_t j = 0; j < D; ++j) group_sums[j] += static_cast<double>(klb[j]);
-      } else {
-        static_cast<S*>(a.kl)[r] = static_cast<S>(row_sum(klb, D));
+      for (int64_t i = 0; i < n; ++i) {
+        const A* __restrict terms = klb + i * D;
+        if (a.kl_per_dim) {  // this row's terms into its group's per-dim sums (rows of a group run in order)
+          double* __restrict group_sums = a.kl_partial + ((r + i) / a.kl_group_rows) * D;
+          for (int64_t j = 0; j < D; ++j) group_sums[j] += static_cast<double>(terms[j]);
+        } else {
+          static_cast<S*>(a.kl)[r + i] = static_cast<S>(row_sum(terms, D));
+        }
       }
     }
   }
@@ -392,19 +418,24 @@ FK_ALWAYS_INLINE void bwd_row_pass(int64_t K, int64_t k, const S* mu, const S* l
 }
 
 // Rows [lo, hi) in tiles: for each sample k, the noise of a whole tile (rows k*R + r, consecutive in the
-// flat index) comes from one generation; each row's gradient sums over k run in acc_t buffers.
+// flat index) comes from one generation; each row's gradient sums over k run in acc_t buffers (one plane per
+// gradient, rows back to back). Within a tile, runs of short rows go through bwd_row as one (rows_per_run)
+// when nothing per row but d loss / d kl enters the loop: no grad_log_q and no log_p gradient.
 template <class Isa, class Cfg>
 FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t hi) {
   using S = typename Cfg::scalar_t;
   using A = typename Cfg::acc_t;
   const int64_t R = a.R, D = a.D, K = a.K;
   const int64_t tile_rows = rows_per_noise_tile(D);
+  const int64_t run_rows =
+      std::min(tile_rows, rows_per_run(D, prior_rows_back_to_back<Cfg>(a) && a.glq == nullptr && !Cfg::log_p));
+  const int64_t run_cap = run_rows * D, plane = tile_rows * D;
   std::vector<float> noise(K > 0 ? noise_buffer_len(tile_rows * D) : 0);
-  std::vector<A> sums(K > 1 ? 4 * tile_rows * D : 0), row_consts(2 * tile_rows);
-  // d loss / d kl of each coordinate of a row: the row's gk repeated, or with kl_per_dim gkl itself.
-  std::vector<A> gk_repeated(a.kl_per_dim ? 0 : D);
+  std::vector<A> sums(K > 1 ? 4 * plane : 0), row_consts(2 * tile_rows);
+  // d loss / d kl of each coordinate of a run: each row's gk repeated, or with kl_per_dim gkl once per row.
+  std::vector<A> gk_run(a.kl_per_dim && run_rows == 1 ? 0 : run_cap);
   // fp16 with F16C: the input rows (mu, lv, mp, lvp, gz) and the output rows widened / narrowed around bwd_row.
-  std::vector<float> wide(kF16cRows<Isa, S> ? 9 * D : 0);
+  std::vector<float> wide(kF16cRows<Isa, S> ? 9 * run_cap : 0);
   A* __restrict gk = row_consts.data();  // d loss / d kl of each row of the tile
   A* __restrict lv_const = gk + tile_rows;  // d loss / d lv through log_q, per row
   for (int64_t r0 = lo; r0 < hi; r0 += tile_rows) {
@@ -437,51 +468,58 @@ FK_ALWAYS_INLINE void bwd_rows_impl(const ReparamBwdArgs& a, int64_t lo, int64_t
         eps_tile = normals_of_range<Isa>(a.seed, a.offset, static_cast<uint64_t>(k * R + r0) * static_cast<uint64_t>(D),
                                          rows * D, noise.data(), next);
       }
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = r0 + i, t = k * R + r;
+      for (int64_t i = 0, n = 0; i < rows; i += n) {  // runs of rows i .. i + n - 1 of the tile
+        n = std::min(run_rows, rows - i);
+        const int64_t r = r0 + i, t = k * R + r, len = n * D;
         const S* mu = static_cast<const S*>(a.mu) + r * D;
         const S* lv = static_cast<const S*>(a.lv) + r * D;
         const S* mp = Cfg::prior ? static_cast<const S*>(a.mp) + r * a.mp_row_stride : nullptr;
         const S* lvp = Cfg::prior ? static_cast<const S*>(a.lvp) + r * a.lvp_row_stride : nullptr;
-        A* acc_row = sums.empty() ? nullptr : sums.data() + 4 * i * D;
-        const GradRows<A> acc{acc_row, acc_row + D, acc_row + 2 * D, acc_row + 3 * D};
+        A* acc_row = sums.empty() ? nullptr : sums.data() + i * D;
+        const GradRows<A> acc{acc_row, acc_row + plane, acc_row + 2 * plane, acc_row + 3 * plane};
         const GradRows<S> out{static_cast<S*>(a.gmu) + r * D, static_cast<S*>(a.glv) + r * D,
                               Cfg::prior ? static_cast<S*>(a.gmp) + r * D : nullptr,
                               Cfg::prior ? static_cast<S*>(a.glvp) + r * D : nullptr};
         const float* eps = K > 0 ? eps_tile + i * D : nullptr;
         const S* gz = K > 0 ? static_cast<const S*>(a.gz) + t * D : nullptr;
+        // Per-row scalars of the run's first row: a run of several rows has none but gk (see above).
         const A glp = Cfg::log_p && K > 0 ? static_cast<A>(static_cast<const S*>(a.glp)[t]) : A(0);
         const A* gk_row = static_cast<const A*>(a.gkl);
-        if (!a.kl_per_dim) {
-          if (k == 0) std::fill(gk_repeated.begin(), gk_repeated.end(), gk[i]);  // only the first pass reads it
-          gk_row = gk_repeated.data();
+        if (!gk_run.empty()) {
+          if (k == 0)  // only the first pass reads it
+            for (int64_t q = 0; q < n; ++q) {
+              A* __restrict dst = gk_run.data() + q * D;
+              if (a.kl_per_dim) std::copy(gk_row, gk_row + D, dst);
+              else std::fill(dst, dst + D, gk[i + q]);
+            }
+          gk_row = gk_run.data();
         }
         const auto pass = [&](const auto* mu_t, const auto* lv_t, const auto* mp_t, const auto* lvp_t,
                               const auto* gz_t, const auto& out_t, bool moderate) {
-          if (moderate) bwd_row_pass<Cfg, true>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk_row, lv_const[i], acc, out_t, D);
-          else bwd_row_pass<Cfg, false>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk_row, lv_const[i], acc, out_t, D);
+          if (moderate) bwd_row_pass<Cfg, true>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk_row, lv_const[i], acc, out_t, len);
+          else bwd_row_pass<Cfg, false>(K, k, mu_t, lv_t, mp_t, lvp_t, eps, gz_t, glp, gk_row, lv_const[i], acc, out_t, len);
         };
         if constexpr (kF16cRows<Isa, S>) {
           float* const f = wide.data();
-          const GradRows<float> out_f{f + 5 * D, f + 6 * D, f + 7 * D, f + 8 * D};
-          convert_row<Isa>(mu, f, D);
-          bool moderate = widen_row_exp_args_moderate<Isa>(lv, f + D, D);
+          const GradRows<float> out_f{f + 5 * len, f + 6 * len, f + 7 * len, f + 8 * len};
+          convert_row<Isa>(mu, f, len);
+          bool moderate = widen_row_exp_args_moderate<Isa>(lv, f + len, len);
           if constexpr (Cfg::prior) {
-            convert_row<Isa>(mp, f + 2 * D, D);
-            moderate = widen_row_exp_args_moderate<Isa>(lvp, f + 3 * D, D) && moderate;
+            convert_row<Isa>(mp, f + 2 * len, len);
+            moderate = widen_row_exp_args_moderate<Isa>(lvp, f + 3 * len, len) && moderate;
           }
-          if (K > 0) convert_row<Isa>(gz, f + 4 * D, D);
-          pass(f, f + D, f + 2 * D, f + 3 * D, K > 0 ? f + 4 * D : nullptr, out_f, moderate);
+          if (K > 0) convert_row<Isa>(gz, f + 4 * len, len);
+          pass(f, f + len, f + 2 * len, f + 3 * len, K > 0 ? f + 4 * len : nullptr, out_f, moderate);
           if (K == 0 || k == K - 1) {  // the last pass wrote the gradients
-            convert_row<Isa>(out_f.mu, out.mu, D);
-            convert_row<Isa>(out_f.lv, out.lv, D);
+            convert_row<Isa>(out_f.mu, out.mu, len);
+            convert_row<Isa>(out_f.lv, out.lv, len);
             if constexpr (Cfg::prior) {
-              convert_row<Isa>(out_f.mp, out.mp, D);
-              convert_row<Isa>(out_f.lvp, out.lvp, D);
+              convert_row<Isa>(out_f.mp, out.mp, len);
+              convert_row<Isa>(out_f.lvp, out.lvp, len);
             }
           }
         } else {
-          pass(mu, lv, mp, lvp, gz, out, row_exp_args_moderate<Cfg>(lv, lvp, D));
+          pass(mu, lv, mp, lvp, gz, out, row_exp_args_moderate<Cfg>(lv, lvp, len));
         }
       }
     }
