@@ -49,8 +49,6 @@ inline void check_list_size(at::TensorList list, size_t want, const char* what) 
   TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");
 }
 
-inline at::Tensor real_view(const at::Tensor& t) { return t.defined() && t.is_complex() ? at::view_as_real(t) : t; }
-
 // The list lengths and hyper-parameters of one adam_step_ call (the per-tensor checks follow in each backend).
 inline void check_adam_arguments(size_t n, at::TensorList grads, at::TensorList exp_avgs,
                                  at::TensorList second_moments, at::TensorList max_second_moments,

@@ -129,6 +129,26 @@ def test_non_contiguous_params_and_grads():
     assert of.state[b]["exp_avg"].stride() == ot.state[a]["exp_avg"].stride()  # preserve_format, like torch
 
 
+def test_many_staged_grads_and_size_one_dim_strides_in_one_step():
+    # Several read-only staged grads in one call (each temporary must live until the kernel ran: on CUDA a freed
+    # one is handed to the next), and contiguous tensors whose size-1 dims carry odd strides (no staging needed).
+    g = torch.Generator().manual_seed(3)
+    shapes = [(7, 3)] * 6 + [(5, 1), (1, 4, 1)]
+    pa = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+    pb = [torch.nn.Parameter(p.detach().clone()) for p in pa]
+    ot, of = torch.optim.Adam(pa, foreach=False, amsgrad=True), fk.FusedAdam(pb, amsgrad=True)
+    for _ in range(4):
+        grads = [torch.randn(3, 7, generator=g).t() for _ in range(6)]  # transposed: staged, only read
+        grads += [torch.randn(1, 5, generator=g).t(), torch.randn(4, 1, 1, generator=g).permute(2, 0, 1)]
+        assert grads[6].is_contiguous() and grads[6].stride() != pa[6].stride()
+        for x, y, gr in zip(pa, pb, grads):
+            x.grad, y.grad = gr.clone(), gr
+        ot.step()
+        of.step()
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-7)
+
+
 def test_param_groups_none_grads_and_many_tensors():
     shapes = [(64,)] * 300 + [(3,)] * 7
     init = make_params(shapes=shapes)

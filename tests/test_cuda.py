@@ -172,7 +172,7 @@ def test_adam_cuda_many_tensors_table_and_param_paths_agree():
 
 @pytest.mark.sanitize
 def test_adam_cuda_non_contiguous_and_misaligned_tensors():
-    # A transposed param (staged through a dense temporary) and views at an odd element offset
+    # A transposed group (dense, run in its own layout: no staging) and views at an odd element offset
     # (pointers not 16-byte aligned: the kernel's scalar path).
     base = make_adam_group([(65, 33), (4099,)], torch.float32, seed=4)
     cpu = clone_group(base)
@@ -185,6 +185,20 @@ def test_adam_cuda_non_contiguous_and_misaligned_tensors():
     adam_call(cpu, weight_decay=0.1)
     adam_call(gpu, weight_decay=0.1)
     assert_groups_close(gpu, cpu, torch.float32, "views")
+
+
+@pytest.mark.sanitize
+def test_adam_cuda_several_staged_read_only_grads():
+    # Grads in another layout than their params are staged into temporaries the kernel only reads; each must
+    # live until the launch ran (a freed one would be handed by the caching allocator to the next staging copy).
+    base = make_adam_group([(33, 7)] * 6 + [(5, 1)], torch.float32, seed=6)
+    cpu, gpu = clone_group(base), clone_group(base, CUDA)
+    for group in (cpu, gpu):
+        group["grads"] = [g.t().contiguous().t() if g.shape[1] > 1 else g for g in group["grads"]]
+    assert not gpu["grads"][0].is_contiguous()
+    adam_call(cpu, amsgrad=False)
+    adam_call(gpu, amsgrad=False)
+    assert_groups_close(gpu, cpu, torch.float32, "staged grads")
 
 
 @pytest.mark.sanitize

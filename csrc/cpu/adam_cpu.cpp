@@ -21,7 +21,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "boxed_adam.h"
 #include "cpu/adam_kernel.h"
+#include "flat_staging.h"
 #include "tensor_checks.h"
 #include "cpu/isa.h"
 
@@ -118,27 +120,6 @@ FK_DEFINE_ISA_DISPATCH(adam_chunks, (const Plan& plan, int64_t chunk_begin, int6
 
 // ---- the op ----
 
-// A tensor the kernel may use as flat memory: dense, same strides as the param's canonical
-// layout. Anything else is copied into such a temporary and copied back afterwards.
-struct Staging {
-  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (original, temporary)
-  std::vector<at::Tensor> read_only;                            // temporaries only read (kept alive)
-
-  void* flat(const at::Tensor& t, at::IntArrayRef strides, bool written) {
-    if (t.is_non_overlapping_and_dense() && t.strides() == strides) return t.data_ptr();
-    at::Tensor tmp = at::empty_strided(t.sizes(), strides, t.options());
-    tmp.copy_(t);
-    void* ptr = tmp.data_ptr();
-    if (written) {
-      write_back.emplace_back(t, tmp);
-    } else {
-      read_only.push_back(tmp);
-    }
-    return ptr;
-  }
-};
-
-
 void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList second_moments,
                    at::TensorList max_second_moments, at::TensorList steps, at::TensorList master_params,
                    at::TensorList emas, c10::string_view rule, double lr, double beta1, double beta2, double eps,
@@ -196,45 +177,12 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   plan.seed = static_cast<uint64_t>(seed);
   plan.jobs.reserve(n);
   plan.formats.reserve(n);
-  Staging staging;
-  for (size_t i = 0; i < n; ++i) {
-    // The step counter, incremented in its own dtype like torch's `step_t += 1`.
-    const at::Tensor& s = steps[i];
-    double t;
-    if (s.scalar_type() == at::kFloat) {
-      float* sp = s.data_ptr<float>();
-      *sp = *sp + 1.0f;
-      t = *sp;
-    } else {
-      double* sp = s.data_ptr<double>();
-      *sp = *sp + 1.0;
-      t = *sp;
-    }
-    const at::Tensor p = real_view(params[i]);
-    if (p.numel() == 0) continue;
-    const auto dt = p.scalar_type();
-    const bool with_master = master && is_low_precision(dt);
-    Format f = dt == at::kFloat ? Format::F32 : dt == at::kDouble ? Format::F64 : dt == at::kHalf ? Format::F16
-                                                                                                 : Format::BF16;
-    if (with_master) f = dt == at::kHalf ? Format::F16Master : Format::BF16Master;
-    else if (stochastic_rounding && dt == at::kBFloat16) f = Format::BF16Stochastic;
-
-    TensorJob job;
-    std::vector<int64_t> strides = p.strides().vec();
-    if (!p.is_non_overlapping_and_dense()) {
-      const auto contiguous = at::contiguous_strides(p.sizes());
-      strides.assign(contiguous.begin(), contiguous.end());
-    }
-    job.param = staging.flat(p, strides, true);
-    job.grad = staging.flat(real_view(grads[i]), strides, plan.unscale);
-    job.first = staging.flat(real_view(exp_avgs[i]), strides, true);
-    job.second = staging.flat(real_view(second_moments[i]), strides, true);
-    if (amsgrad) job.max_second = staging.flat(real_view(max_second_moments[i]), strides, true);
-    if (with_master) job.master = static_cast<float*>(staging.flat(master_params[i], strides, true));
-    if (ema) job.ema = staging.flat(real_view(emas[i]), strides, true);
-    job.numel = p.numel();
-
-    auto& c = job.consts;
+  // The constants of a step count t (every tensor of a group usually shares one: computed once per value).
+  double consts_step = std::nan("");
+  adam::AdamConsts<double> step_consts{};
+  auto consts_for = [&](double t) -> const adam::AdamConsts<double>& {
+    if (t == consts_step) return step_consts;
+    auto& c = step_consts;
     c.grad_scale = scale;
     c.grad_sign = maximize ? -1.0 : 1.0;
     const bool decoupled = decoupled_weight_decay && !adamax;
@@ -258,6 +206,45 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       if (c.decay_factor != 1.0) c.decay_factor = f32(1.0 - f32(f32(lr) * f32(weight_decay)));
     }
     c.ema_weight = math::lerp_weight<double>(1.0 - ema_decay);
+    consts_step = t;
+    return c;
+  };
+
+  FlatStaging staging;
+  for (size_t i = 0; i < n; ++i) {
+    // The step counter, incremented in its own dtype like torch's `step_t += 1`.
+    const at::Tensor& s = steps[i];
+    double t;
+    if (s.scalar_type() == at::kFloat) {
+      float* sp = s.data_ptr<float>();
+      *sp = *sp + 1.0f;
+      t = *sp;
+    } else {
+      double* sp = s.data_ptr<double>();
+      *sp = *sp + 1.0;
+      t = *sp;
+    }
+    const auto p_real = real_view(params[i]);
+    const at::Tensor& p = *p_real;
+    if (p.numel() == 0) continue;
+    const auto dt = p.scalar_type();
+    const bool with_master = master && is_low_precision(dt);
+    Format f = dt == at::kFloat ? Format::F32 : dt == at::kDouble ? Format::F64 : dt == at::kHalf ? Format::F16
+                                                                                                 : Format::BF16;
+    if (with_master) f = dt == at::kHalf ? Format::F16Master : Format::BF16Master;
+    else if (stochastic_rounding && dt == at::kBFloat16) f = Format::BF16Stochastic;
+
+    TensorJob job;
+    const FlatLayout layout(p);
+    job.param = staging.flat(p, layout, true);
+    job.grad = staging.flat(grads[i], layout, plan.unscale);
+    job.first = staging.flat(exp_avgs[i], layout, true);
+    job.second = staging.flat(second_moments[i], layout, true);
+    if (amsgrad) job.max_second = staging.flat(max_second_moments[i], layout, true);
+    if (with_master) job.master = static_cast<float*>(staging.flat(master_params[i], layout, true));
+    if (ema) job.ema = staging.flat(emas[i], layout, true);
+    job.numel = p.numel();
+    job.consts = consts_for(t);
     // Stochastic rounding noise: Philox key = seed, counter offset = step * 2^24 + position in the list.
     job.sr_offset = (static_cast<uint64_t>(t) << 24) + static_cast<uint64_t>(i);
 
@@ -287,11 +274,13 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       for (int64_t k = part_begin; k < part_end; ++k) adam_chunks(plan, chunk_at(k), chunk_at(k + 1));
     });
   }
-  for (auto& [original, tmp] : staging.write_back) original.copy_(tmp);
+  staging.finish();
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_kingma, CPU, m) { m.impl("adam_step_", &adam_step_cpu); }
+TORCH_LIBRARY_IMPL(fused_kingma, CPU, m) {
+  m.impl("adam_step_", torch::CppFunction::makeFromBoxedFunction<&adam_step_boxed<&adam_step_cpu>>());
+}
 
 }  // namespace fused_kingma::cpu

@@ -19,8 +19,10 @@
 #include <tuple>
 #include <vector>
 
+#include "boxed_adam.h"
 #include "cuda/launch.h"
 #include "cuda_glue/glue.h"
+#include "flat_staging.h"
 
 namespace fused_kingma::cuda_glue {
 namespace {
@@ -139,7 +141,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
   // Rows grouped by what the kernel is compiled for: (param dtype, master copy, device step dtype).
   using Key = std::tuple<int, bool, bool>;
   std::map<Key, std::vector<cuda::TensorRow>> groups;
-  Staging staging;
+  FlatStaging staging;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& s = steps[i];
     cuda::TensorRow row{};
@@ -158,21 +160,18 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
       row.step = s.data_ptr();
       step_f64 = s.scalar_type() == at::kDouble;
     }
-    const at::Tensor p = real_view(params[i]);
+    const auto p_real = real_view(params[i]);
+    const at::Tensor& p = *p_real;
     const bool with_master = master && master_params[i].defined();
-    std::vector<int64_t> strides = p.strides().vec();
-    if (!p.is_non_overlapping_and_dense()) {
-      const auto contiguous = c10::contiguous_strides(p.sizes());
-      strides.assign(contiguous.begin(), contiguous.end());
-    }
     if (p.numel() > 0) {
-      row.ptr[cuda::kParam] = staging.flat(p, strides, true);
-      row.ptr[cuda::kGrad] = staging.flat(real_view(grads[i]), strides, grad_scale.has_value());
-      row.ptr[cuda::kExpAvg] = staging.flat(real_view(exp_avgs[i]), strides, true);
-      row.ptr[cuda::kSecond] = staging.flat(real_view(second_moments[i]), strides, true);
-      if (amsgrad) row.ptr[cuda::kMaxSecond] = staging.flat(real_view(max_second_moments[i]), strides, true);
-      if (with_master) row.ptr[cuda::kMaster] = staging.flat(master_params[i], strides, true);
-      if (ema) row.ptr[cuda::kEma] = staging.flat(real_view(emas[i]), strides, true);
+      const FlatLayout layout(p);
+      row.ptr[cuda::kParam] = staging.flat(p, layout, true);
+      row.ptr[cuda::kGrad] = staging.flat(grads[i], layout, grad_scale.has_value());
+      row.ptr[cuda::kExpAvg] = staging.flat(exp_avgs[i], layout, true);
+      row.ptr[cuda::kSecond] = staging.flat(second_moments[i], layout, true);
+      if (amsgrad) row.ptr[cuda::kMaxSecond] = staging.flat(max_second_moments[i], layout, true);
+      if (with_master) row.ptr[cuda::kMaster] = staging.flat(master_params[i], layout, true);
+      if (ema) row.ptr[cuda::kEma] = staging.flat(emas[i], layout, true);
     }
     row.numel = p.numel();
     row.list_index = static_cast<int64_t>(i);
@@ -239,7 +238,7 @@ TORCH_LIBRARY_FRAGMENT(fused_kingma, m) {
 }
 
 TORCH_LIBRARY_IMPL(fused_kingma, CUDA, m) {
-  m.impl("adam_step_", &adam_step_cuda);
+  m.impl("adam_step_", torch::CppFunction::makeFromBoxedFunction<&adam_step_boxed<&adam_step_cuda>>());
   m.impl("adam_step_lr_tensor_", &adam_step_lr_tensor_cuda);
 }
 

@@ -53,22 +53,4 @@ at::Tensor rows_on_device(const std::vector<Row>& rows, const at::Device& device
   return host.to(device, /*non_blocking=*/true);
 }
 
-// Dense tensors whose strides match the layout the kernel assumes go in as they are; anything
-// else is copied into such a temporary and copied back after the launch (as the CPU op does).
-struct Staging {
-  std::vector<std::pair<at::Tensor, at::Tensor>> write_back;  // (original, temporary)
-
-  void* flat(const at::Tensor& t, at::IntArrayRef strides, bool written) {
-    if (t.is_non_overlapping_and_dense() && t.strides() == strides) return t.data_ptr();
-    at::Tensor tmp = at::empty_strided(t.sizes(), strides, t.options());
-    tmp.copy_(t);
-    if (written) write_back.emplace_back(t, tmp);
-    return tmp.data_ptr();
-  }
-
-  void finish() {
-    for (auto& [original, tmp] : write_back) original.copy_(tmp);
-  }
-};
-
 }  // namespace fused_kingma::cuda_glue
