@@ -291,6 +291,38 @@ def test_adam_cuda_graph_capture_replay_equals_eager():
     assert all(s.item() == 3.0 + 4 for s in captured["steps"])
 
 
+def test_adam_cuda_master_weights_group_with_fp32_params_matches_cpu():
+    # A master-weights group may hold fp32 params (a LayerNorm kept in fp32): FusedAdam passes the param itself
+    # as its master_params entry, which the kernels ignore for non-fp16/bf16 params.
+    def run(device):
+        g = torch.Generator().manual_seed(21)
+        ps = [torch.nn.Parameter(torch.randn(s, generator=g).to(dt).to(device))
+              for s, dt in (((300,), torch.bfloat16), ((7, 5), torch.float32), ((64,), torch.float16))]
+        opt = fused_kingma.FusedAdamW(ps, lr=1e-2, weight_decay=0.1, master_weights=True)
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype).to(device)
+            opt.step()
+        return [p.detach().cpu() for p in ps], [opt.state[p]["exp_avg"].cpu() for p in ps]
+
+    (gpu_p, gpu_m), (cpu_p, cpu_m) = run(CUDA), run("cpu")
+    for a, b in zip(gpu_p + gpu_m, cpu_p + cpu_m):
+        assert_close_scaled(a, b, TOL[a.dtype], "master-weights group")
+
+
+@needs_gpu
+def test_adam_cuda_capture_with_host_steps_is_refused_untouched():
+    # Host step counters would be read once, at capture: every replay would repeat that step. Refused before
+    # anything changes (torch's Adam refuses the same without capturable=True).
+    group = make_adam_group([(100,), (7,)], torch.float32, device=CUDA)
+    snapshot = clone_group(group, CUDA)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="capturable=True"):
+        with torch.cuda.graph(graph):
+            adam_call(group)
+    assert_groups_equal(group, snapshot, "refused capture")
+
+
 def test_adam_cuda_bad_inputs_leave_state_untouched():
     gpu = make_adam_group([(10,), (3, 4)], torch.float32, device=CUDA)
     snapshot = clone_group(gpu, CUDA)
@@ -496,6 +528,10 @@ def test_reparam_cuda_bad_inputs():
         reparam(mu, logvar.cpu() if not DRY_RUN else logvar[:, :5])
     with pytest.raises((RuntimeError, ValueError, TypeError), match="logvar"):
         reparam(mu, logvar.double())
+    if not DRY_RUN:  # the op with mu on the CPU, seed_offset on the GPU: the CUDA kernel is picked, names mu
+        seed_offset = torch.zeros(2, dtype=torch.int64, device=CUDA)
+        with pytest.raises(RuntimeError, match="mu is on cpu"):
+            ops.reparam_fwd(mu.cpu(), logvar.cpu(), None, None, seed_offset, 1, False)
 
 
 # =====================================================================================

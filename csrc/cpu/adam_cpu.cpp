@@ -24,6 +24,7 @@
 #include "boxed_adam.h"
 #include "cpu/adam_kernel.h"
 #include "flat_staging.h"
+#include "host_steps.h"
 #include "tensor_checks.h"
 #include "cpu/isa.h"
 
@@ -211,19 +212,9 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   };
 
   FlatStaging staging;
+  HostSteps host_steps;
   for (size_t i = 0; i < n; ++i) {
-    // The step counter, incremented in its own dtype like torch's `step_t += 1`.
-    const at::Tensor& s = steps[i];
-    double t;
-    if (s.scalar_type() == at::kFloat) {
-      float* sp = s.data_ptr<float>();
-      *sp = *sp + 1.0f;
-      t = *sp;
-    } else {
-      double* sp = s.data_ptr<double>();
-      *sp = *sp + 1.0;
-      t = *sp;
-    }
+    const double t = host_steps.next(steps[i]);
     const auto p_real = real_view(params[i]);
     const at::Tensor& p = *p_real;
     if (p.numel() == 0) continue;
@@ -274,6 +265,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
       for (int64_t k = part_begin; k < part_end; ++k) adam_chunks(plan, chunk_at(k), chunk_at(k + 1));
     });
   }
+  host_steps.store();
   staging.finish();
 }
 

@@ -23,10 +23,13 @@
 #include "cuda/launch.h"
 #include "cuda_glue/glue.h"
 #include "flat_staging.h"
+#include "host_steps.h"
 
 namespace fused_kingma::cuda_glue {
 namespace {
 
+// grad_scale / found_inf as one float32 on the device (torch's CUDA fused Adam reads them as float too; the CPU op
+// keeps a float64 grad_scale in double).
 std::optional<at::Tensor> scalar_on_device(const std::optional<at::Tensor>& t, const at::Device& device) {
   if (!t.has_value()) return std::nullopt;
   if (t->device() == device && t->scalar_type() == at::kFloat) return *t;
@@ -77,9 +80,9 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
                          dt == at::kComplexFloat || dt == at::kComplexDouble,
                      "tensor ", i, ": parameters must be float32, float64, float16, bfloat16 or complex; got ",
                      dtype_str(dt));
-    const bool with_master = master && master_params[i].defined();
-    TORCH_CHECK_VALUE(!with_master || is_low_precision(dt), "tensor ", i,
-                      ": a master copy is only kept for float16 / bfloat16 parameters, not ", dtype_str(dt));
+    // Master copies exist for fp16/bf16 params only; other entries of master_params are ignored (as on the CPU:
+    // FusedAdam passes the param itself there for an fp32 param of a master-weights group).
+    const bool with_master = master && is_low_precision(dt);
     const at::ScalarType state_dt = with_master ? at::kFloat : dt;
     check_like(grads[i], p, dt, i, "grad");
     check_like(exp_avgs[i], p, state_dt, i, "exp_avg");
@@ -104,10 +107,18 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
                       shape_str(lr_tensor.sizes()), " ", dtype_str(lr_tensor.scalar_type()), " on ",
                       lr_tensor.device());
   }
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  // A step captured into a CUDA graph must not depend on the host: host step counters would be read once, at
+  // capture, so every replay would repeat that step, and reading or copying a CPU grad_scale / found_inf cannot be
+  // captured. torch's Adam refuses the same without capturable=True.
+  const bool capturing = is_capturing(stream);
+  TORCH_CHECK(!capturing || (!any_host_step && (!grad_scale.has_value() || grad_scale->device() == device) &&
+                             (!found_inf.has_value() || found_inf->device() == device)),
+              "CUDA graph capture of an Adam step needs its step counters, grad_scale and found_inf on ", device,
+              " (capturable=True)");
   if (check_only) return;
 
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   // found_inf's value is needed on the host when it lives there, or when host step counters must
   // not be incremented on a skipped step.
   if (found_inf.has_value() && (found_inf->device().is_cpu() || any_host_step)) {
@@ -142,27 +153,20 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
   using Key = std::tuple<int, bool, bool>;
   std::map<Key, std::vector<cuda::TensorRow>> groups;
   FlatStaging staging;
+  HostSteps host_steps;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& s = steps[i];
     cuda::TensorRow row{};
     bool step_f64 = false;
-    if (s.device().is_cpu()) {  // incremented here, in its own dtype like torch's `step_t += 1`
-      if (s.scalar_type() == at::kFloat) {
-        float* sp = s.data_ptr<float>();
-        *sp = *sp + 1.0f;
-        row.step_value = *sp;
-      } else {
-        double* sp = s.data_ptr<double>();
-        *sp = *sp + 1.0;
-        row.step_value = *sp;
-      }
+    if (s.device().is_cpu()) {  // incremented in its own dtype, like torch's `step_t += 1`; stored after the launches
+      row.step_value = host_steps.next(s);
     } else {  // incremented on the device by the kernel's first launch (unless found_inf)
       row.step = s.data_ptr();
       step_f64 = s.scalar_type() == at::kDouble;
     }
     const auto p_real = real_view(params[i]);
     const at::Tensor& p = *p_real;
-    const bool with_master = master && master_params[i].defined();
+    const bool with_master = master && is_low_precision(p.scalar_type());
     if (p.numel() > 0) {
       const FlatLayout layout(p);
       row.ptr[cuda::kParam] = staging.flat(p, layout, true);
@@ -179,7 +183,6 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     groups[Key{static_cast<int>(p.scalar_type()), with_master, step_f64}].push_back(row);
   }
 
-  const bool capturing = is_capturing(stream);
   for (auto& [key, rows] : groups) {
     const auto dt = static_cast<at::ScalarType>(std::get<0>(key));
     cuda::AdamArgs args = base;
@@ -196,6 +199,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     const auto* device_rows = table.defined() ? static_cast<const cuda::TensorRow*>(table.data_ptr()) : nullptr;
     check_launch(cuda::adam_step(args, rows.data(), device_rows, n_rows, n_chunks, stream), "adam_step_");
   }
+  host_steps.store();
   staging.finish();
 }
 

@@ -56,11 +56,18 @@ cuda::ReparamInputs reparam_inputs(cuda::Dtype dtype, const at::Tensor& mu, cons
   return in;
 }
 
+// The dispatcher picks this kernel when any input is on a GPU; mu (and so the outputs) must be.
+void check_mu_on_cuda(const at::Tensor& mu, const char* op) {
+  TORCH_CHECK(mu.is_cuda(), op, ": mu is on ", mu.device(),
+              " but another input (logvar, the prior or seed_offset) is on a GPU; put them all on mu's device");
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_fwd_cuda(
     const at::Tensor& mu_in, const at::Tensor& lv_in, const std::optional<at::Tensor>& prior_mu,
     const std::optional<at::Tensor>& prior_logvar, const at::Tensor& seed_offset, int64_t num_samples,
     bool with_log_prob, bool kl_per_dim) {
   check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
+  check_mu_on_cuda(mu_in, "reparam_fwd");
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
@@ -100,6 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reparam_bwd_cuda(
     const std::optional<at::Tensor>& prior_mu, const std::optional<at::Tensor>& prior_logvar,
     const at::Tensor& seed_offset, int64_t num_samples, bool kl_per_dim) {
   check_reparam_args(mu_in, lv_in, prior_mu, prior_logvar, num_samples);
+  check_mu_on_cuda(mu_in, "reparam_bwd");
   const cuda::Dtype dtype = kernel_dtype(mu_in.scalar_type());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), lv = lv_in.contiguous();
