@@ -49,12 +49,13 @@ def _assert_bitwise(a, b):
         assert a == b or (a != a and b != b)
 
 
-@pytest.mark.parametrize("opt_cls", [FusedAdam, FusedAdamW])
-def test_two_optimizers_in_two_threads_match_sequential(opt_cls):
-    seq = [_make(opt_cls, s, amsgrad=True) for s in (1, 2)]
+def _threads_match_sequential(make, seeds):
+    """Runs make(seed)'s (params, opt, grads) one after another, then again each in its own thread: bit for bit
+    the same. Returns every (params, opt, grads) made."""
+    seq = [make(s) for s in seeds]
     for job in seq:
         _run(*job)
-    par = [_make(opt_cls, s, amsgrad=True) for s in (1, 2)]
+    par = [make(s) for s in seeds]
     threads = [threading.Thread(target=_run, args=job) for job in par]
     for t in threads:
         t.start()
@@ -62,6 +63,12 @@ def test_two_optimizers_in_two_threads_match_sequential(opt_cls):
         t.join()
     for (ps, os_, _), (pp, op, _) in zip(seq, par):
         _assert_bitwise(_snapshot(ps, os_), _snapshot(pp, op))
+    return seq + par
+
+
+@pytest.mark.parametrize("opt_cls", [FusedAdam, FusedAdamW])
+def test_two_optimizers_in_two_threads_match_sequential(opt_cls):
+    _threads_match_sequential(lambda s: _make(opt_cls, s, amsgrad=True), (1, 2))
 
 
 def test_many_small_params_in_threads_match_sequential():
@@ -73,20 +80,10 @@ def test_many_small_params_in_threads_match_sequential():
         grads = [[torch.randn(p.shape, generator=g) for p in params] for _ in range(4)]
         return params, FusedAdam(params, lr=1e-2, weight_decay=0.1), grads
 
-    seq = [make(s) for s in (1, 2, 3)]
-    for job in seq:
-        _run(*job)
-    par = [make(s) for s in (1, 2, 3)]
-    threads = [threading.Thread(target=_run, args=job) for job in par]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for (ps, os_, _), (pp, op, _) in zip(seq, par):
-        _assert_bitwise(_snapshot(ps, os_), _snapshot(pp, op))
+    jobs = _threads_match_sequential(make, (1, 2, 3))
     # No reference leaked: once the optimizers and lists are gone, every tensor the kernel saw is freed.
-    alive = [weakref.ref(t) for job in seq + par for t in job[0] + [p.grad for p in job[0]]]
-    del seq, par, job, ps, os_, pp, op
+    alive = [weakref.ref(t) for params, _, _ in jobs for t in params + [p.grad for p in params]]
+    del jobs
     gc.collect()
     assert sum(r() is not None for r in alive) == 0
 
