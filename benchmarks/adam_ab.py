@@ -3,6 +3,7 @@ holds a built `fused_kingma` package, e.g. a copy of the package taken before a 
 every process times fused_kingma.FusedAdam against torch's fused Adam on the same tensor.
 
   python benchmarks/adam_ab.py --builds /tmp/before . --dtype float16 --numel 1048576 --threads 1 --rounds 3
+  python benchmarks/adam_ab.py --builds /tmp/before . --numel 64 --count 2000 --rounds 6   # many small tensors
 
 Prints, per round and build, ns per element (times the thread count) of both and torch's time over ours (the
 median of 15 timings of each, alternating). Used for the README's before/after figures; not part of `make bench`.
@@ -15,7 +16,7 @@ import sys
 import time
 
 
-def measure(dtype_name, numel, threads, options, isa):
+def measure(dtype_name, numel, count, threads, options, isa):
     import torch
 
     import fused_kingma as fk
@@ -27,22 +28,23 @@ def measure(dtype_name, numel, threads, options, isa):
 
     def make():
         gen = torch.Generator().manual_seed(0)
-        p = torch.nn.Parameter(torch.randn(numel, generator=gen).to(dtype))
-        p.grad = (torch.randn(numel, generator=gen) * 1e-2).to(dtype)
-        return [p]
+        ps = [torch.nn.Parameter(torch.randn(numel, generator=gen).to(dtype)) for _ in range(count)]
+        for p in ps:
+            p.grad = (torch.randn(numel, generator=gen) * 1e-2).to(dtype)
+        return ps
 
     ours = fk.FusedAdam(make(), **options)
     theirs = torch.optim.Adam(make(), fused=True, **{k: v for k, v in options.items() if k == "amsgrad"})
     ours.step()
     theirs.step()
-    reps = max(1, int(2e7 // numel))
+    reps = max(1, int(2e7 // (numel * count)))
     times = {"fused_kingma": [], "torch fused": []}
     for _ in range(15):
         for name, opt in (("fused_kingma", ours), ("torch fused", theirs)):
             start = time.perf_counter()
             for _ in range(reps):
                 opt.step()
-            times[name].append((time.perf_counter() - start) / reps / numel * 1e9 * threads)
+            times[name].append((time.perf_counter() - start) / reps / (numel * count) * 1e9 * threads)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -50,7 +52,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--builds", nargs="+", default=["."], help="directories holding a built fused_kingma package")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--numel", type=int, default=1 << 20)
+    ap.add_argument("--numel", type=int, default=1 << 20, help="elements per tensor")
+    ap.add_argument("--count", type=int, default=1, help="tensors in the param group")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--options", default="{}", help="FusedAdam keyword arguments as a Python dict literal")
@@ -60,19 +63,21 @@ def main():
     if args.child:
         import ast
 
-        res = measure(args.dtype, args.numel, args.threads, ast.literal_eval(args.options), args.isa)
+        res = measure(args.dtype, args.numel, args.count, args.threads, ast.literal_eval(args.options), args.isa)
         print(res["fused_kingma"], res["torch fused"])
         return
     for r in range(args.rounds):
         for build in args.builds:
             env = dict(os.environ, PYTHONPATH=os.path.abspath(build))
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--dtype", args.dtype,
-                                  "--numel", str(args.numel), "--threads", str(args.threads), "--options",
+                                  "--numel", str(args.numel), "--count", str(args.count), "--threads",
+                                  str(args.threads), "--options",
                                   args.options, "--isa", args.isa], env=env, check=True, capture_output=True,
                              text=True).stdout
             ours, theirs = (float(x) for x in out.split())
+            ms = args.numel * args.count / args.threads * 1e-6  # ns/elem -> ms per step
             print(f"round {r}  {build:30s} fused_kingma {ours:.3f}  torch fused {theirs:.3f} ns/elem  "
-                  f"torch/ours {theirs / ours:.3f}", flush=True)
+                  f"({ours * ms:.3f} / {theirs * ms:.3f} ms per step)  torch/ours {theirs / ours:.3f}", flush=True)
 
 
 if __name__ == "__main__":
