@@ -476,6 +476,33 @@ def test_opcheck_adam_step(amsgrad, ema):
     torch.library.opcheck(ops.adam_step_.default, args, kw)
 
 
+def test_compiled_step_traces_the_op_and_equals_eager():
+    # torch.compile(opt.step) puts fused_kingma::adam_step_ in the graph (no graph break around it) and steps
+    # bit for bit like eager, with grads that change between steps.
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.nn.Parameter(torch.randn(5, 3, generator=g)), torch.nn.Parameter(torch.randn(4, generator=g))]
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    compiled, eager = fk.FusedAdamW(ps, lr=1e-2, weight_decay=0.1), fk.FusedAdamW(qs, lr=1e-2, weight_decay=0.1)
+    step = torch.compile(compiled.step, backend=backend)
+    for _ in range(3):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        step()
+        eager.step()
+    assert any("fused_kingma.adam_step_" in graph for graph in graphs)
+    for p, q in zip(ps, qs):
+        assert torch.equal(p, q)
+        assert torch.equal(compiled.state[p]["exp_avg_sq"], eager.state[q]["exp_avg_sq"])
+    assert compiled.state[ps[0]]["step"].item() == 3
+
+
 def test_zero_redundancy_optimizer_wraps_fused_adamw(tmp_path):
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
