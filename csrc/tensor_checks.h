@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
 #include <sstream>
@@ -44,6 +45,27 @@ inline void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarT
 }
 
 inline bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// A tensor the step writes in place must not have elements sharing memory (an expanded exp_avg, say): its staged
+// copy could not be written back after the update (torch's in-place ops refuse such tensors too).
+inline void check_writable(const at::Tensor& t, int64_t i, const char* what) {
+  if (t.is_non_overlapping_and_dense()) return;  // the usual case, inline
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "tensor ", i, ": ", what,
+                    " has elements that share memory (an expanded or stride-0 view), but the step writes it in place");
+}
+
+// Everything one Adam step writes of tensor i (checked with the rest, before anything changes).
+inline void check_adam_writable(int64_t i, const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
+                                const at::Tensor& second, const at::Tensor* max_second, const at::Tensor* master,
+                                const at::Tensor* ema, bool grad_written, bool adamax) {
+  check_writable(param, i, "the parameter");
+  if (grad_written) check_writable(grad, i, "grad (unscaled in place with grad_scale)");
+  check_writable(exp_avg, i, "exp_avg");
+  check_writable(second, i, adamax ? "exp_inf" : "exp_avg_sq");
+  if (max_second != nullptr) check_writable(*max_second, i, "max_exp_avg_sq");
+  if (master != nullptr) check_writable(*master, i, "master param");
+  if (ema != nullptr) check_writable(*ema, i, "ema");
+}
 
 inline void check_list_size(at::TensorList list, size_t want, const char* what) {
   TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");

@@ -5,6 +5,7 @@ fusing exactly where aten's kernels fuse; remaining differences are single round
 fp64 1e-12; fp16/bf16: vs the reference (fp32 math, rounded storage) to 1 ulp of the storage
 type, vs torch's bf16/fp16 for-loop (which rounds after every op) loosely.
 """
+import collections
 import copy
 import io
 
@@ -462,6 +463,58 @@ def test_first_step_skipped_by_grad_scaler_then_normal_steps():
     assert opt.state_dict()["state"][0]["step"].item() == 3
 
 
+def test_adam_schema_argument_positions_match_the_boxed_kernels():
+    # csrc/boxed_adam.h (and the CUDA glue's lr-tensor twin) read the arguments by position on the dispatcher's
+    # stack: a schema edit must come with an edit there.
+    lists = ["params", "grads", "exp_avgs", "second_moments", "max_second_moments", "steps", "master_params", "emas"]
+    tail = ["beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay", "amsgrad", "maximize", "ema_decay",
+            "stochastic_rounding", "seed"]
+    from fused_kingma._ops import ops
+
+    schema = [(a.name, str(a.type)) for a in ops.adam_step_.default._schema.arguments]
+    assert [n for n, _ in schema] == lists + ["rule", "lr"] + tail + [
+        "lr_is_fp32_tensor", "grad_scale", "found_inf", "check_only"]
+    assert [t for _, t in schema] == ["List[Tensor]"] * 8 + ["str"] + ["float"] * 5 + ["bool"] * 3 + [
+        "float", "bool", "int", "bool", "Optional[Tensor]", "Optional[Tensor]", "bool"]
+    if hasattr(ops, "adam_step_lr_tensor_"):  # CUDA builds
+        names = [a.name for a in ops.adam_step_lr_tensor_.default._schema.arguments]
+        assert names == lists + ["rule", "lr"] + tail + ["grad_scale", "found_inf", "check_only"]
+
+
+def test_written_tensors_sharing_memory_are_refused_untouched():
+    # An expanded exp_avg (elements sharing memory) cannot be written in place: refused before anything changes,
+    # step counters included. An expanded grad is only read, and steps like the reference; with grad_scale it
+    # would be unscaled in place, so it is refused too.
+    from fused_kingma._ops import ops
+
+    ps = [torch.randn(3, 5), torch.randn(4)]
+    grads = [torch.randn(5).expand(3, 5), torch.randn(4)]
+
+    def fresh():
+        return ([p.clone() for p in ps], [torch.zeros_like(p) for p in ps], [torch.zeros_like(p) for p in ps],
+                [torch.tensor(2.0) for _ in ps])
+
+    kw = dict(rule="adam", lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+              amsgrad=False, maximize=False, ema_decay=0.0, stochastic_rounding=False, seed=0,
+              lr_is_fp32_tensor=False, found_inf=None)
+    params, m, v, steps = fresh()
+    m[0] = torch.zeros(5).expand(3, 5)
+    before = [t.clone() for t in params + m + v + steps]
+    with pytest.raises(ValueError, match="tensor 0: exp_avg has elements that share memory"):
+        ops.adam_step_(params, grads, m, v, [], steps, [], [], grad_scale=None, check_only=False, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(before, params + m + v + steps))
+    params, m, v, steps = fresh()
+    with pytest.raises(ValueError, match=r"tensor 0: grad \(unscaled in place with grad_scale\) has elements"):
+        ops.adam_step_(params, grads, m, v, [], steps, [], [], grad_scale=torch.tensor(2.0), check_only=False, **kw)
+    assert all(s.item() == 2.0 for s in steps) and all(torch.equal(x, y) for x, y in zip(params, ps))
+    ops.adam_step_(params, grads, m, v, [], steps, [], [], grad_scale=None, check_only=False, **kw)
+    want_p, want_m, want_v, want_steps = fresh()
+    reference.adam_step_(want_p, [g.contiguous() for g in grads], want_m, want_v, [], want_steps, [], [],
+                         grad_scale=None, **kw)
+    for got, want in zip(params + m + v + steps, want_p + want_m + want_v + want_steps):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("amsgrad,ema", [(False, False), (True, True)])
 def test_opcheck_adam_step(amsgrad, ema):
     from fused_kingma._ops import ops
@@ -474,6 +527,41 @@ def test_opcheck_adam_step(amsgrad, ema):
               amsgrad=amsgrad, maximize=False, ema_decay=0.9 if ema else 0.0, stochastic_rounding=False, seed=0,
               lr_is_fp32_tensor=False, grad_scale=torch.tensor(2.0), found_inf=torch.tensor(0.0), check_only=False)
     torch.library.opcheck(ops.adam_step_.default, args, kw)
+
+
+STATE_CHANGES = {
+    "param state reset": lambda opt, p: opt.state.__setitem__(p, {}),
+    "param state removed": lambda opt, p: opt.state.pop(p),
+    "exp_avg replaced": lambda opt, p: opt.state[p].__setitem__("exp_avg", torch.zeros_like(p)),
+    "step replaced": lambda opt, p: opt.state[p].__setitem__("step", torch.tensor(0.0)),
+    "plain dict put back, then changed": lambda opt, p: (
+        opt.state.__setitem__(p, dict(opt.state[p])), opt.state[p].__setitem__("exp_avg_sq", torch.ones_like(p))),
+    "whole state replaced": lambda opt, p: setattr(opt, "state", collections.defaultdict(dict)),
+}
+
+
+@pytest.mark.parametrize("change", list(STATE_CHANGES))
+def test_state_changed_by_assignment_is_used_like_torch(change):
+    # torch's optimizers read their state every step; FusedAdam caches the argument lists, and must still see
+    # state replaced or reset by assignment (in-place changes need nothing: the lists hold the same tensors).
+    def run(make):
+        g = torch.Generator().manual_seed(5)
+        ps = [torch.nn.Parameter(torch.randn(6, generator=g)), torch.nn.Parameter(torch.randn(2, 3, generator=g))]
+        opt = make(ps)
+        for i in range(5):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+            if i == 1:
+                STATE_CHANGES[change](opt, ps[0])
+        return ps, opt
+
+    ours, theirs = run(lambda ps: fk.FusedAdam(ps, lr=0.1)), run(lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True))
+    for p, q in zip(ours[0], theirs[0]):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+        assert ours[1].state[p].keys() == theirs[1].state[q].keys()
+        for key in theirs[1].state[q]:
+            torch.testing.assert_close(ours[1].state[p][key], theirs[1].state[q][key], rtol=1e-6, atol=1e-6)
 
 
 def test_compiled_step_traces_the_op_and_equals_eager():

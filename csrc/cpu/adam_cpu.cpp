@@ -161,6 +161,9 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     if (amsgrad) check_like(max_second_moments[i], p, state_dt, i, "max_exp_avg_sq");
     if (with_master) check_like(master_params[i], p, at::kFloat, i, "master param");
     if (ema) check_like(emas[i], p, is_low_precision(dt) ? at::kFloat : dt, i, "ema");
+    check_adam_writable(static_cast<int64_t>(i), p, grads[i], exp_avgs[i], second_moments[i],
+                        amsgrad ? &max_second_moments[i] : nullptr, with_master ? &master_params[i] : nullptr,
+                        ema ? &emas[i] : nullptr, grad_scale.has_value(), adamax);
     const at::Tensor& s = steps[i];
     TORCH_CHECK_VALUE(s.defined() && s.numel() == 1 && s.device().is_cpu() &&
                           (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),

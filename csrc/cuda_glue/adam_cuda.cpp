@@ -90,6 +90,9 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     if (amsgrad) check_like(max_second_moments[i], p, state_dt, i, "max_exp_avg_sq");
     if (with_master) check_like(master_params[i], p, at::kFloat, i, "master param");
     if (ema) check_like(emas[i], p, is_low_precision(dt) ? at::kFloat : dt, i, "ema");
+    check_adam_writable(static_cast<int64_t>(i), p, grads[i], exp_avgs[i], second_moments[i],
+                        amsgrad ? &max_second_moments[i] : nullptr, with_master ? &master_params[i] : nullptr,
+                        ema ? &emas[i] : nullptr, grad_scale.has_value(), adamax);
     const at::Tensor& s = steps[i];
     TORCH_CHECK_VALUE(s.defined() && s.numel() == 1 && (s.device().is_cpu() || s.device() == device) &&
                           (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
@@ -228,6 +231,19 @@ void adam_step_lr_tensor_cuda(at::TensorList params, at::TensorList grads, at::T
                  stochastic_rounding, seed, lr.scalar_type() == at::kFloat, grad_scale, found_inf, check_only);
 }
 
+// adam_step_lr_tensor_'s boxed kernel (boxed_adam.h): its schema is adam_step_'s with `Tensor lr` at position 9 and
+// no lr_is_fp32_tensor.
+void adam_step_lr_tensor_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  call_boxed(op, stack, [](const c10::IValue* a) {
+    const AdamLists l(a);
+    adam_step_lr_tensor_cuda(l.params, l.grads, l.exp_avgs, l.second_moments, l.max_second_moments, l.steps,
+                             l.master_params, l.emas, a[8].toStringView(), a[9].toTensor(), a[10].toDouble(),
+                             a[11].toDouble(), a[12].toDouble(), a[13].toDouble(), a[14].toBool(), a[15].toBool(),
+                             a[16].toBool(), a[17].toDouble(), a[18].toBool(), a[19].toInt(),
+                             a[20].toOptional<at::Tensor>(), a[21].toOptional<at::Tensor>(), a[22].toBool());
+  });
+}
+
 }  // namespace
 
 // Capturable Adam with lr a tensor on the GPU (torch's capturable=True with a tensor lr). CUDA builds
@@ -243,7 +259,7 @@ TORCH_LIBRARY_FRAGMENT(fused_kingma, m) {
 
 TORCH_LIBRARY_IMPL(fused_kingma, CUDA, m) {
   m.impl("adam_step_", torch::CppFunction::makeFromBoxedFunction<&adam_step_boxed<&adam_step_cuda>>());
-  m.impl("adam_step_lr_tensor_", &adam_step_lr_tensor_cuda);
+  m.impl("adam_step_lr_tensor_", torch::CppFunction::makeFromBoxedFunction<&adam_step_lr_tensor_boxed>());
 }
 
 }  // namespace fused_kingma::cuda_glue
