@@ -19,14 +19,13 @@ Extras (keyword-only, all off by default):
                          word (i % 8) // 2 of block i // 8 to its fp32 bits before truncating, so
                          the result does not depend on the thread count.
 """
-import collections
 import contextlib
 import math
 import re
 
 import torch
 
-from . import _capturable, reference
+from . import _capturable, _tracked, reference
 from ._ops import ops
 
 __all__ = ["FusedAdam", "FusedAdamW", "FusedAdamax"]
@@ -62,49 +61,7 @@ class _GroupLists:
         self.steps, self.masters, self.emas, self.index = [], [], [], []
         self.dtensor = False
         self.native = True
-        self.tracked = True  # every state dict read is a _ParamState: the lists may be cached
-
-
-def _tracking(cls):
-    """Makes every mutating method of a dict class bump _ParamState.version first."""
-    def wrap(name):
-        base = getattr(super(cls, cls), name)
-
-        def method(self, *args, **kwargs):
-            _ParamState.version += 1
-            return base(self, *args, **kwargs)
-        method.__name__ = name
-        return method
-
-    for name in ("__setitem__", "__delitem__", "__ior__", "pop", "popitem", "clear", "update", "setdefault"):
-        setattr(cls, name, wrap(name))
-    return cls
-
-
-@_tracking
-class _ParamState(dict):
-    """One parameter's optimizer state. FusedAdam caches each group's argument lists between steps; torch's
-    optimizers read their state every step, so that a state tensor replaced by assignment
-    (``opt.state[p]["exp_avg"] = t``), a param's state reset (``opt.state[p] = {}``) or removed is used by the next
-    step. Any such change, here or in the mapping (_TrackedState), bumps ``version``, which the cache key holds."""
-
-    __slots__ = ()
-    version = 0
-
-
-@_tracking
-class _TrackedState(collections.defaultdict):
-    """``optimizer.state`` (torch's defaultdict(dict)) whose changes, and new entries' changes, bump the version."""
-
-    __slots__ = ()
-
-    def __init__(self, items=()):
-        super().__init__(_ParamState)
-        for p, st in dict(items).items():
-            self[p] = _ParamState(st) if type(st) is dict else st
-
-    def __reduce__(self):  # copy / pickle (defaultdict's would pass the factory to __init__)
-        return _TrackedState, (), None, None, iter(self.items())
+        self.tracked = True  # every state dict read records its changes (_tracked): the lists may be cached
 
 
 class _FusedAdamBase:
@@ -129,7 +86,7 @@ class _FusedAdamBase:
         for group in self.param_groups:
             for k, v in extras.items():
                 group.setdefault(k, v)
-        self.state = _TrackedState(self.state)
+        self.state = _tracked.State(self.state)
         self._lists_cache = {}
 
     def __setstate__(self, state):
@@ -138,12 +95,14 @@ class _FusedAdamBase:
         for group in self.param_groups:
             for k in ("ema_decay", "master_weights", "stochastic_rounding", "sr_seed"):
                 group.setdefault(k, getattr(self, "defaults", {}).get(k, None if k == "ema_decay" else 0))
-        if type(self.state) is not _TrackedState:  # torch's load_state_dict passes a plain defaultdict(dict)
-            self.state = _TrackedState(self.state)
+        if type(self.state) is not _tracked.State:  # torch's load_state_dict passes a plain defaultdict(dict)
+            self.state = _tracked.State(self.state)
         self._lists_cache = {}
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["params"] = _tracked.ParamList(group["params"])
         self._lists_cache = {}
 
     # ---- hyper-parameters ----
@@ -199,8 +158,8 @@ class _FusedAdamBase:
 
     def _new_state(self, p, group):
         """State for a param's first step, as torch creates it (plus our extras)."""
-        state = _ParamState(step=torch.tensor(0.0, dtype=torch.get_default_dtype() if torch.get_default_dtype() ==
-                                              torch.float64 else torch.float32, device=_capturable.step_device(p, group)))
+        step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+        state = _tracked.ParamState(step=torch.tensor(0.0, dtype=step_dtype, device=_capturable.step_device(p, group)))
         self._complete_state(p, group, state)
         return state
 
@@ -240,10 +199,10 @@ class _FusedAdamBase:
                     master and p.dtype in _LOW_PRECISION and (
                         "master_param" not in state or state["exp_avg"].dtype != torch.float32))
                 if missing:
-                    state = _ParamState(state)
+                    state = _tracked.ParamState(state)
                     self._complete_state(p, group, state)
                     pending[p] = state
-            lists.tracked &= type(state) is _ParamState
+            lists.tracked &= type(state) is _tracked.ParamState
             lists.dtensor |= _DTensor is not None and isinstance(p, _DTensor)
             lp = _local(p)
             lists.params.append(lp)
@@ -265,15 +224,19 @@ class _FusedAdamBase:
         params = group["params"]
         grads = [p.grad for p in params]
         complete = type(None) not in set(map(type, grads))
-        key = (id(params), len(params), id(self.state), _ParamState.version, self._options_key(group))
+        # The cache entry holds the params list and state mapping themselves (compared by identity: no id reuse)
+        # and the version of the containers that record their changes (_tracked).
+        key = (len(params), _tracked.version(), self._options_key(group))
         cached = self._lists_cache.get(gi)
-        if complete and cached is not None and cached[0] == key:
-            lists = cached[1]
+        if complete and cached is not None and cached[0] is params and cached[1] is self.state and cached[2] == key:
+            lists = cached[3]
             return lists, (list(map(_local, grads)) if lists.dtensor else grads), {}
         lists, pending = self._build_lists(group, params, grads)
-        # New state is committed only after a successful step; state the cache cannot watch is read every step.
-        if complete and not pending and lists.tracked and type(self.state) is _TrackedState:
-            self._lists_cache[gi] = (key, lists)
+        # New state is committed only after a successful step; containers that do not record their changes (a
+        # params list or state a user put in place of ours) are read every step.
+        if (complete and not pending and lists.tracked and type(self.state) is _tracked.State
+                and type(params) is _tracked.ParamList):
+            self._lists_cache[gi] = (params, self.state, key, lists)
         local_grads = [_local(g) for g in grads if g is not None]
         return lists, local_grads, pending
 
@@ -347,7 +310,7 @@ class _FusedAdamBase:
         # restores the missing keys on load.
         sd = super().state_dict()
         # Plain dicts, like torch's (torch.load(weights_only=True) loads no other class).
-        sd["state"] = {k: dict(v) if isinstance(v, _ParamState) else v for k, v in sd["state"].items()}
+        sd["state"] = {k: dict(v) if isinstance(v, _tracked.ParamState) else v for k, v in sd["state"].items()}
         for group in sd["param_groups"]:
             for key, off in self._EXTRAS_OFF.items():
                 if key in group and group[key] == off:

@@ -529,6 +529,11 @@ def test_opcheck_adam_step(amsgrad, ema):
     torch.library.opcheck(ops.adam_step_.default, args, kw)
 
 
+def _swap_param(opt, p):
+    params = opt.param_groups[0]["params"]
+    params[params.index(p)] = torch.nn.Parameter(torch.full_like(p, 0.5))
+
+
 STATE_CHANGES = {
     "param state reset": lambda opt, p: opt.state.__setitem__(p, {}),
     "param state removed": lambda opt, p: opt.state.pop(p),
@@ -537,31 +542,34 @@ STATE_CHANGES = {
     "plain dict put back, then changed": lambda opt, p: (
         opt.state.__setitem__(p, dict(opt.state[p])), opt.state[p].__setitem__("exp_avg_sq", torch.ones_like(p))),
     "whole state replaced": lambda opt, p: setattr(opt, "state", collections.defaultdict(dict)),
+    "param swapped in the group's list": _swap_param,
+    "group's list replaced": lambda opt, p: opt.param_groups[0].__setitem__("params", opt.param_groups[0]["params"][1:]),
 }
 
 
 @pytest.mark.parametrize("change", list(STATE_CHANGES))
 def test_state_changed_by_assignment_is_used_like_torch(change):
-    # torch's optimizers read their state every step; FusedAdam caches the argument lists, and must still see
-    # state replaced or reset by assignment (in-place changes need nothing: the lists hold the same tensors).
+    # torch's optimizers read param_groups and state every step; FusedAdam caches the argument lists, and must
+    # still see params and state replaced or reset by assignment (in-place changes need nothing).
     def run(make):
         g = torch.Generator().manual_seed(5)
         ps = [torch.nn.Parameter(torch.randn(6, generator=g)), torch.nn.Parameter(torch.randn(2, 3, generator=g))]
         opt = make(ps)
         for i in range(5):
-            for p in ps:
+            for p in opt.param_groups[0]["params"]:
                 p.grad = torch.randn(p.shape, generator=g)
             opt.step()
             if i == 1:
                 STATE_CHANGES[change](opt, ps[0])
-        return ps, opt
+        return opt
 
     ours, theirs = run(lambda ps: fk.FusedAdam(ps, lr=0.1)), run(lambda ps: torch.optim.Adam(ps, lr=0.1, fused=True))
-    for p, q in zip(ours[0], theirs[0]):
+    assert len(ours.param_groups[0]["params"]) == len(theirs.param_groups[0]["params"])
+    for p, q in zip(ours.param_groups[0]["params"], theirs.param_groups[0]["params"]):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
-        assert ours[1].state[p].keys() == theirs[1].state[q].keys()
-        for key in theirs[1].state[q]:
-            torch.testing.assert_close(ours[1].state[p][key], theirs[1].state[q][key], rtol=1e-6, atol=1e-6)
+        assert ours.state[p].keys() == theirs.state[q].keys()
+        for key in theirs.state[q]:
+            torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=1e-6, atol=1e-6)
 
 
 def test_compiled_step_traces_the_op_and_equals_eager():
