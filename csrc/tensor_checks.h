@@ -32,7 +32,7 @@ inline std::string dtype_str(at::ScalarType t) {
   }
 }
 
-inline void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType want, int64_t i, const char* what) {
+inline void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType want, size_t i, const char* what) {
   TORCH_CHECK(t.defined(), "tensor ", i, ": ", what, " is missing (None)");
   TORCH_CHECK(t.layout() == at::kStrided, "tensor ", i, ": ", what, " is sparse (layout ", t.layout(),
               "); fused_kingma's Adam needs dense tensors (torch.optim.SparseAdam handles sparse gradients)");
@@ -48,23 +48,50 @@ inline bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == a
 
 // A tensor the step writes in place must not have elements sharing memory (an expanded exp_avg, say): its staged
 // copy could not be written back after the update (torch's in-place ops refuse such tensors too).
-inline void check_writable(const at::Tensor& t, int64_t i, const char* what) {
+inline void check_writable(const at::Tensor& t, size_t i, const char* what) {
   if (t.is_non_overlapping_and_dense()) return;  // the usual case, inline
   TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, "tensor ", i, ": ", what,
                     " has elements that share memory (an expanded or stride-0 view), but the step writes it in place");
 }
 
-// Everything one Adam step writes of tensor i (checked with the rest, before anything changes).
-inline void check_adam_writable(int64_t i, const at::Tensor& param, const at::Tensor& grad, const at::Tensor& exp_avg,
-                                const at::Tensor& second, const at::Tensor* max_second, const at::Tensor* master,
-                                const at::Tensor* ema, bool grad_written, bool adamax) {
-  check_writable(param, i, "the parameter");
-  if (grad_written) check_writable(grad, i, "grad (unscaled in place with grad_scale)");
+// Tensor i of an adam_step_ call, once the backend checked that the parameter is defined and on its device: its
+// layout and dtype, every state tensor against it (dtype, device, shape), and no shared memory in what the step
+// writes. Master copies exist for fp16/bf16 params only; other entries of master_params are ignored (FusedAdam
+// passes the param itself there for an fp32 param of a master-weights group).
+struct AdamCall {
+  bool master, amsgrad, ema, adamax, grad_written;
+};
+
+// The lists' lengths were checked by check_adam_arguments (master / ema: whether their lists are non-empty).
+inline void check_adam_tensor(size_t i, const AdamCall& call, at::TensorList params, at::TensorList grads,
+                              at::TensorList exp_avgs, at::TensorList second_moments,
+                              at::TensorList max_second_moments, at::TensorList master_params, at::TensorList emas) {
+  const at::Tensor& p = params[i];
+  const at::Tensor& grad = grads[i];
+  const at::Tensor& exp_avg = exp_avgs[i];
+  const at::Tensor& second = second_moments[i];
+  TORCH_CHECK(p.layout() == at::kStrided, "tensor ", i, ": the parameter is sparse");
+  const auto dt = p.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
+                       dt == at::kComplexFloat || dt == at::kComplexDouble,
+                   "tensor ", i, ": parameters must be float32, float64, float16, bfloat16 or complex; got ",
+                   dtype_str(dt));
+  const bool with_master = call.master && is_low_precision(dt);
+  const at::ScalarType state_dt = with_master ? at::kFloat : dt;
+  const char* second_name = call.adamax ? "exp_inf" : "exp_avg_sq";
+  check_like(grad, p, dt, i, "grad");
+  check_like(exp_avg, p, state_dt, i, "exp_avg");
+  check_like(second, p, state_dt, i, second_name);
+  if (call.amsgrad) check_like(max_second_moments[i], p, state_dt, i, "max_exp_avg_sq");
+  if (with_master) check_like(master_params[i], p, at::kFloat, i, "master param");
+  if (call.ema) check_like(emas[i], p, is_low_precision(dt) ? at::kFloat : dt, i, "ema");
+  check_writable(p, i, "the parameter");
+  if (call.grad_written) check_writable(grad, i, "grad (unscaled in place with grad_scale)");
   check_writable(exp_avg, i, "exp_avg");
-  check_writable(second, i, adamax ? "exp_inf" : "exp_avg_sq");
-  if (max_second != nullptr) check_writable(*max_second, i, "max_exp_avg_sq");
-  if (master != nullptr) check_writable(*master, i, "master param");
-  if (ema != nullptr) check_writable(*ema, i, "ema");
+  check_writable(second, i, second_name);
+  if (call.amsgrad) check_writable(max_second_moments[i], i, "max_exp_avg_sq");
+  if (with_master) check_writable(master_params[i], i, "master param");
+  if (call.ema) check_writable(emas[i], i, "ema");
 }
 
 inline void check_list_size(at::TensorList list, size_t want, const char* what) {

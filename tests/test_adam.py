@@ -6,6 +6,7 @@ fp64 1e-12; fp16/bf16: vs the reference (fp32 math, rounded storage) to 1 ulp of
 type, vs torch's bf16/fp16 for-loop (which rounds after every op) loosely.
 """
 import collections
+import contextlib
 import copy
 import io
 
@@ -379,17 +380,26 @@ def test_large_tensor_uses_threads_and_matches():
         torch.testing.assert_close(y, x, rtol=1e-6, atol=1e-6)
 
 
-def test_dtensor_params_run_on_local_shards(tmp_path):
+@contextlib.contextmanager
+def _single_process_group(tmp_path):
+    """A gloo group of one rank for the test (file rendezvous: no fixed port to collide with another test run on
+    this machine); an existing group is used as it is."""
     dist = pytest.importorskip("torch.distributed")
     if not dist.is_available():
         pytest.skip("torch without distributed")
-
-    from torch.distributed.tensor import DTensor, Replicate, init_device_mesh
-
     created = not dist.is_initialized()
-    if created:  # a file rendezvous: no fixed port to collide with another test run on this machine
+    if created:
         dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
     try:
+        yield dist
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def test_dtensor_params_run_on_local_shards(tmp_path):
+    with _single_process_group(tmp_path) as dist:
+        from torch.distributed.tensor import DTensor, Replicate, init_device_mesh
         mesh = init_device_mesh("cpu", (1,))
         local = torch.randn(6)
         p = torch.nn.Parameter(DTensor.from_local(local.clone(), mesh, [Replicate()]))
@@ -403,9 +413,6 @@ def test_dtensor_params_run_on_local_shards(tmp_path):
             oq.step()
         assert isinstance(op.state[p]["exp_avg"], DTensor)
         torch.testing.assert_close(p.to_local(), q.detach(), rtol=1e-6, atol=1e-6)
-    finally:
-        if created:
-            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -600,16 +607,8 @@ def test_compiled_step_traces_the_op_and_equals_eager():
 
 
 def test_zero_redundancy_optimizer_wraps_fused_adamw(tmp_path):
-    dist = pytest.importorskip("torch.distributed")
-    if not dist.is_available():
-        pytest.skip("torch without distributed")
-
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    created = not dist.is_initialized()
-    if created:  # a file rendezvous: no fixed port to collide with another test run on this machine
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
-    try:
+    with _single_process_group(tmp_path) as dist:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
         torch.manual_seed(0)
         m, r = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
         r.load_state_dict(m.state_dict())
@@ -625,9 +624,6 @@ def test_zero_redundancy_optimizer_wraps_fused_adamw(tmp_path):
             ref.step()
         for a, b in zip(m.parameters(), r.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
-    finally:
-        if created:
-            dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("fused_cls, torch_cls", [(fk.FusedAdam, torch.optim.Adam), (fk.FusedAdamW, torch.optim.AdamW),

@@ -142,28 +142,12 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     }
   }
 
+  const AdamCall call{master, amsgrad, ema, adamax, grad_scale.has_value()};
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
     TORCH_CHECK(p.device().is_cpu(), "tensor ", i, ": the parameter is on ", p.device(), "; this kernel is for CPU");
-    TORCH_CHECK(p.layout() == at::kStrided, "tensor ", i, ": the parameter is sparse");
-    const auto dt = p.scalar_type();
-    TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kDouble || dt == at::kHalf || dt == at::kBFloat16 ||
-                         dt == at::kComplexFloat || dt == at::kComplexDouble,
-                     "tensor ", i, ": parameters must be float32, float64, float16, bfloat16 or complex; got ",
-                     dtype_str(dt));
-    // Master copies exist for fp16/bf16 params only; other entries of master_params are ignored.
-    const bool with_master = master && is_low_precision(dt);
-    const at::ScalarType state_dt = with_master ? at::kFloat : dt;
-    check_like(grads[i], p, dt, i, "grad");
-    check_like(exp_avgs[i], p, state_dt, i, "exp_avg");
-    check_like(second_moments[i], p, state_dt, i, adamax ? "exp_inf" : "exp_avg_sq");
-    if (amsgrad) check_like(max_second_moments[i], p, state_dt, i, "max_exp_avg_sq");
-    if (with_master) check_like(master_params[i], p, at::kFloat, i, "master param");
-    if (ema) check_like(emas[i], p, is_low_precision(dt) ? at::kFloat : dt, i, "ema");
-    check_adam_writable(static_cast<int64_t>(i), p, grads[i], exp_avgs[i], second_moments[i],
-                        amsgrad ? &max_second_moments[i] : nullptr, with_master ? &master_params[i] : nullptr,
-                        ema ? &emas[i] : nullptr, grad_scale.has_value(), adamax);
+    check_adam_tensor(i, call, params, grads, exp_avgs, second_moments, max_second_moments, master_params, emas);
     const at::Tensor& s = steps[i];
     TORCH_CHECK_VALUE(s.defined() && s.numel() == 1 && s.device().is_cpu() &&
                           (s.scalar_type() == at::kFloat || s.scalar_type() == at::kDouble),
