@@ -579,6 +579,28 @@ def test_state_changed_by_assignment_is_used_like_torch(change):
             torch.testing.assert_close(ours.state[p][key], theirs.state[q][key], rtol=1e-6, atol=1e-6)
 
 
+def test_named_parameters_like_torch():
+    # torch's optimizers take model.named_parameters() and keep the names in state_dict()["param_groups"]:
+    # same steps, same names, and checkpoints load both ways.
+    torch.manual_seed(0)
+    ours_model, torch_model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch_model.load_state_dict(ours_model.state_dict())
+    ours = fk.FusedAdamW(ours_model.named_parameters(), lr=0.1)
+    theirs = torch.optim.AdamW(torch_model.named_parameters(), lr=0.1, foreach=False)
+    for _ in range(3):
+        x = torch.randn(4, 3)
+        for model, opt in ((ours_model, ours), (torch_model, theirs)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(ours_model.parameters(), torch_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert ours.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+    assert theirs.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]
+    torch.optim.AdamW(torch.nn.Linear(3, 2).named_parameters()).load_state_dict(ours.state_dict())
+    fk.FusedAdamW(torch.nn.Linear(3, 2).named_parameters()).load_state_dict(theirs.state_dict())
+
+
 def test_compiled_step_traces_the_op_and_equals_eager():
     # torch.compile(opt.step) puts fused_kingma::adam_step_ in the graph (no graph break around it) and steps
     # bit for bit like eager, with grads that change between steps.
