@@ -225,8 +225,8 @@ class _FusedAdamBase:
         grads = [p.grad for p in params]
         complete = type(None) not in set(map(type, grads))
         # The cache entry holds the params list and state mapping themselves (compared by identity: no id reuse)
-        # and the version of the containers that record their changes (_tracked).
-        key = (len(params), _tracked.version(), self._options_key(group))
+        # and the version of the containers that record their changes (_tracked), a resize of the list included.
+        key = (_tracked.version(), self._options_key(group))
         cached = self._lists_cache.get(gi)
         if complete and cached is not None and cached[0] is params and cached[1] is self.state and cached[2] == key:
             lists = cached[3]
