@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-checks every csrc/cuda/*.cu for sm_80 and sm_90 with warnings as errors (host and device).
 # These files include only csrc/math/*.h and CUDA headers, so a partial toolkit without torch suffices.
+# Each kernel's registers, local memory and generic loads/stores are checked by .ci/kernel_resources.py.
 # The -D__CUDA_NO_* flags are the ones torch's CUDAExtension passes (no implicit half/bf16 conversions).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,13 +18,25 @@ if [ ${#files[@]} -eq 0 ]; then
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+failed=0
 for arch in 80 90; do
   for f in "${files[@]}"; do
-    "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$out/$(basename "$f").sm$arch.o" \
-      -gencode "arch=compute_$arch,code=sm_$arch" \
+    name=$(basename "$f" .cu)
+    keep="$out/$name.sm$arch"
+    mkdir -p "$keep"
+    # --keep leaves the PTX and --resource-usage prints ptxas's per-kernel report, both for
+    # .ci/kernel_resources.py (local memory, spills, generic loads and stores).
+    if ! "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$keep/$name.o" \
+      -gencode "arch=compute_$arch,code=sm_$arch" --resource-usage --keep --keep-dir "$keep" \
       -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr -DFK_WITH_CUDA \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
-      -D__CUDA_NO_HALF2_OPERATORS__
+      -D__CUDA_NO_HALF2_OPERATORS__ >"$keep/ptxas.txt" 2>&1; then
+      grep -v '^ptxas info\|^    [0-9]* bytes stack frame' "$keep/ptxas.txt" >&2 || true
+      echo "nvcc-check: $f sm_$arch FAILED to compile" >&2
+      exit 1
+    fi
     echo "nvcc-check: $f sm_$arch OK"
+    python3 .ci/kernel_resources.py "sm_$arch" "$keep/ptxas.txt" "$keep/$name.ptx" || failed=1
   done
 done
+exit $failed

@@ -28,7 +28,7 @@ template <class P, bool kHasMaster> struct Formats {
 // Step counter of a row as the update sees it (after this step's increment).
 __device__ __forceinline__ double row_step(const TensorRow& row, bool step_f64) {
   if (row.step == nullptr) return row.step_value;
-  return step_f64 ? *static_cast<const double*>(row.step) : static_cast<double>(*static_cast<const float*>(row.step));
+  return step_f64 ? *global_ptr<const double>(row.step) : static_cast<double>(*global_ptr<const float>(row.step));
 }
 
 // The per-tensor constants, computed in double as the CPU op's host code computes them.
@@ -71,13 +71,13 @@ struct AdamKernel {
   template <bool kFull>
   static __device__ __forceinline__ void update(const AdamArgs& a, const math::AdamConsts<C>& c, const TensorRow& row,
                                                 uint64_t sr_offset, int64_t i, int count) {
-    P* param = static_cast<P*>(row.ptr[kParam]);
-    P* grad = static_cast<P*>(row.ptr[kGrad]);
-    S* first = static_cast<S*>(row.ptr[kExpAvg]);
-    S* second = static_cast<S*>(row.ptr[kSecond]);
-    S* max_second = static_cast<S*>(row.ptr[kMaxSecond]);
-    float* master = static_cast<float*>(row.ptr[kMaster]);
-    E* ema = static_cast<E*>(row.ptr[kEma]);
+    P* param = global_ptr<P>(row.ptr[kParam]);
+    P* grad = global_ptr<P>(row.ptr[kGrad]);
+    S* first = global_ptr<S>(row.ptr[kExpAvg]);
+    S* second = global_ptr<S>(row.ptr[kSecond]);
+    S* max_second = global_ptr<S>(row.ptr[kMaxSecond]);
+    float* master = global_ptr<float>(row.ptr[kMaster]);
+    E* ema = global_ptr<E>(row.ptr[kEma]);
     const bool amsgrad = a.rule == AdamRule::adam_amsgrad;
     const bool unscale = a.grad_scale != nullptr;
     const bool stochastic = a.format.stochastic_rounding;
@@ -120,7 +120,9 @@ struct AdamKernel {
           block = e >> 3;
           r = math::philox_block(a.sr_seed, sr_offset, static_cast<uint64_t>(block));
         }
-        const uint32_t word = r.v[(e & 7) >> 1];
+        // Selected, not indexed: r.v[(e & 7) >> 1] with a runtime index put r in local memory.
+        const int64_t w = (e & 7) >> 1;
+        const uint32_t word = w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];
         noise[k] = (e & 1) ? (word >> 16) : (word & 0xFFFFu);
       }
     }

@@ -41,6 +41,15 @@ template <class T, class C> __device__ __forceinline__ T store_cast(C x) {
   if constexpr (sizeof(C) == 8) return from_double<T>(x); else return from_float<T>(x);
 }
 
+// ---- global memory ----
+// A pointer read from device memory (the multi-tensor table) is generic to the compiler, which then emits
+// generic LD/ST for every access through it; the assumption places the array in global memory (LDG/STG).
+// .ci/kernel_resources.py fails on generic loads and stores in the PTX.
+template <class T> __device__ __forceinline__ T* global_ptr(const void* p) {
+  __builtin_assume(__isGlobal(p));
+  return static_cast<T*>(const_cast<void*>(p));
+}
+
 // ---- kVec consecutive elements: one (or, for fp64, two) 16-byte transactions when aligned ----
 constexpr int kVec = 4;
 
