@@ -4,9 +4,11 @@
 #   1. build with the CUDA kernels (FUSED_KINGMA_CUDA=1, this GPU's arch only unless
 #      TORCH_CUDA_ARCH_LIST is set, MAX_JOBS=16)
 #   2. pytest -m cuda
-#   3. the GPU benchmarks (benchmarks/run.py --device cuda -> benchmarks/results/<gpu>.json)
-#   4. compute-sanitizer memcheck over the CUDA tests, racecheck over the reduction tests
-#   5. the CPU suite (CI runs it too: last, in whatever time is left)
+#   3. the GPU-only benchmarks (benchmarks/run.py --device cuda --only bench_gpu -> benchmarks/results/<gpu>.json)
+#   4. compute-sanitizer memcheck over the CUDA tests, racecheck over the reduction tests (a SKIP where
+#      compute-sanitizer refuses the device)
+#   5. the CPU suite's benchmarks on the GPU (bench_adam, then bench_reparam), into the same file
+#   6. the CPU tests (CI runs them too: last, in whatever time is left)
 # One log, gpu-check.log, plus summary.txt and the results JSON go to $OUT when set (else
 # build/gpu-check/). Each step runs under its own limit and within GPU_CHECK_BUDGET seconds in
 # all (default 570); a failed step does not stop the next; exit 1 if any failed.
@@ -67,8 +69,10 @@ if ! step build 240 "$PY" setup.py -q build_ext --inplace; then
 fi
 step built-with-cuda 60 "$PY" -c 'import fused_kingma as f; assert f._C.built_with_cuda, "built without CUDA"; print("built_with_cuda", f._C.built_with_cuda)'
 step pytest-cuda 150 "$PY" -m pytest -q -m cuda tests/
-step bench 200 "$PY" benchmarks/run.py --device cuda
-find benchmarks/results -name "*.json" -newer "$ALL" -exec cp {} "$LOG/" \; 2>/dev/null
+# The issue's GPU-only configurations first (8 x 268M Adam, reparam 262144 x 512 against eager and
+# torch.compile); the CPU suite's configurations on the GPU come after the sanitizers (bench_reparam compiles
+# 24 torch.compile variants). run.py writes the results file after each bench module.
+step bench-gpu 180 "$PY" benchmarks/run.py --device cuda --only bench_gpu
 
 # compute-sanitizer refuses some machines' devices (seen on gVisor: "Device not supported", then error 999):
 # a one-line torch program under it tells, so a refusal is a SKIP with its reason, not two FAILs.
@@ -96,6 +100,9 @@ elif command -v compute-sanitizer >/dev/null; then
 else
   summary+=("SKIP  compute-sanitizer (not installed)")
 fi
+step bench-adam 120 "$PY" benchmarks/run.py --device cuda --only bench_adam
+step bench-reparam 240 "$PY" benchmarks/run.py --device cuda --only bench_reparam
+find benchmarks/results -name "*.json" -newer "$ALL" -exec cp {} "$LOG/" \; 2>/dev/null
 step pytest-cpu 240 "$PY" -m pytest -q -x -m "not cuda and not slow" tests/
 
 echo

@@ -4,7 +4,7 @@
   Adam. 28 bytes move per element (param, grad, exp_avg, exp_avg_sq read; param and both moments
   written); the four arrays take 8 * 2^28 * 4 B * 4 = 34 GB, one optimizer at a time.
 - reparameterize on a (262144, 512) fp32 batch, forward and forward+backward: fused_kingma vs the
-  eager PyTorch lines it replaces. 12 bytes per element forward (mu, logvar read, z written), 20
+  eager PyTorch lines it replaces and those lines under torch.compile (not with --tiny). 12 bytes per element forward (mu, logvar read, z written), 20
   backward (grad_z, mu, logvar read, grad_mu, grad_logvar written).
 
 The floor is bytes moved / the device-to-device copy bandwidth measured in the same run
@@ -87,11 +87,14 @@ def _reparam_rows(tiny, device, bw):
             logvar.grad = None
         return run
 
+    candidates = [("fused_kingma.reparameterize", fused), ("eager PyTorch", eager)]
+    if not tiny:  # inductor (default RNG); compiled once for no_grad and once with autograd, before timing
+        candidates.append(("torch.compile(eager)", torch.compile(eager, dynamic=False)))
     out = []
     repeat = 3 if tiny else 20
     for label, make, bytes_per in (("forward", fwd, 12), ("forward+backward", fwd_bwd, 32)):
         floor = common.floor_ms(bytes_per * n, bw)
-        for name, fn in (("fused_kingma.reparameterize", fused), ("eager PyTorch", eager)):
+        for name, fn in candidates:
             ms = common.median_ms(make(fn), device=device, warmup=3, repeat=repeat)
             out.append([f"reparam fp32 ({rows_}, {dim}) {label}", name, f"{ms:.3f}", f"{floor / ms:.2f}"])
         out.append([f"reparam fp32 ({rows_}, {dim}) {label}", f"floor ({bytes_per} B/elem at copy bandwidth)",

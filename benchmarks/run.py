@@ -43,6 +43,7 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "benchmarks": {},
     }
+    out = os.path.join(ROOT, "benchmarks", "results", f"{machine}.json")
     for name in args.only or BENCHES + (GPU_BENCHES if args.device == "cuda" else []):
         mod = importlib.import_module(name)
         print(f"\n## {name} on {machine}\n", flush=True)
@@ -52,21 +53,26 @@ def main():
         print(res["table"])
         if res.get("notes"):
             print("\n" + res["notes"])
+        if not args.tiny:  # after each bench: a run stopped at a time limit keeps what it finished
+            save(results, out, keep_others=bool(args.only))
     if args.tiny:
         print("\n(--tiny: nothing written)")
-        return
-    out = os.path.join(ROOT, "benchmarks", "results", f"{machine}.json")
-    if args.only and os.path.exists(out):  # keep the other benches' last results
+
+
+def save(results, out, keep_others):
+    """Write the results JSON (with keep_others, merged into the file's other benches) and the README tables."""
+    merged = dict(results, benchmarks=dict(results["benchmarks"]))
+    if keep_others and os.path.exists(out):  # keep the other benches' last results
         with open(out) as f:
             old = json.load(f)
         for res in old["benchmarks"].values():  # each kept table keeps the date it was measured on
             res.setdefault("date", old["date"])
-        old["benchmarks"].update(results["benchmarks"])
-        results["benchmarks"] = old["benchmarks"]
+        old["benchmarks"].update(merged["benchmarks"])
+        merged["benchmarks"] = old["benchmarks"]
     with open(out, "w") as f:
-        json.dump(results, f, indent=1)
-    print(f"\nwrote {out}")
-    update_readme(results)
+        json.dump(merged, f, indent=1)
+    print(f"\nwrote {out}", flush=True)
+    update_readme(merged)
 
 
 def update_readme(results):
