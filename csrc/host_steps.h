@@ -1,7 +1,7 @@
 // The host step counters of one Adam call (CPU op and CUDA glue). Each is incremented in its own dtype, like
 // torch's `step_t += 1`; the kernels use the new values at once, but they are stored only after the work that can
 // fail (staging copies, launches), so an error leaves every counter as it was. A tensor passed for two params
-// (torch never does) is incremented once, as the CUDA kernel's device counters are.
+// (torch never does) is incremented once, as the CUDA kernel's device counters are (StepOwners, cuda/launch.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>

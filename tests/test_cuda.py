@@ -231,6 +231,22 @@ def test_adam_cuda_device_steps_match_host_steps():
     assert all(s.item() == 7.0 for s in dev["steps"])
 
 
+def test_adam_cuda_step_counter_shared_by_tensors_is_incremented_once():
+    # One device counter passed for tensors 0, 5 and 35 of 40 (torch never does; a direct op call may): incremented
+    # once per step, every update using the new value, as the CPU op does with a shared host counter. 40 tensors
+    # take the device-table path eagerly.
+    shapes = [(int(n),) for n in torch.randint(1, 300, (40,), generator=torch.Generator().manual_seed(6))]
+    cpu = make_adam_group(shapes, torch.float32, seed=6)
+    gpu = clone_group(cpu, CUDA, step_device=CUDA)
+    for group in (cpu, gpu):
+        group["steps"][5] = group["steps"][35] = group["steps"][0]
+    for _ in range(2):
+        adam_call(cpu)
+        adam_call(gpu)
+    assert [s.item() for s in gpu["steps"]] == [5.0] * 40
+    assert_groups_close(gpu, cpu, torch.float32, "shared step counter")
+
+
 @needs_gpu
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])

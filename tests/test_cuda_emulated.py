@@ -522,6 +522,26 @@ def test_emulated_cuda_adam_table_and_param_paths_match_cpu(adam_lib):
     assert_groups_close(params, cpu, 2e-6, "parameter path")
 
 
+def test_emulated_cuda_adam_step_counter_shared_by_tensors_is_incremented_once(adam_lib):
+    # One device counter passed for rows 0, 5 and 35 (torch never does; a direct op call may): its first row's
+    # thread increments it, once, and all three updates use the new value, as the CPU op does with one host
+    # counter. Rows 0 and 35 fall in different kernel-parameter batches of 32.
+    shapes = [(int(n),) for n in torch.randint(1, 300, (40,), generator=torch.Generator().manual_seed(6))]
+    cpu = adam_group(shapes, torch.float32, seed=6)
+    table, params = clone(cpu), clone(cpu)
+    for group in (cpu, table, params):
+        group["steps"][5] = group["steps"][35] = group["steps"][0]
+    kw = adam_kwargs()
+    for _ in range(2):
+        cpu_adam(cpu, **kw)
+        emulated_adam(adam_lib, table, use_table=True, **kw)
+        emulated_adam(adam_lib, params, use_table=False, **kw)
+    for group, what in ((cpu, "cpu op"), (table, "table path"), (params, "parameter path")):
+        assert [s.item() for s in group["steps"]] == [5.0] * 40, what
+    assert_groups_close(table, cpu, 2e-6, "table path")
+    assert_groups_close(params, cpu, 2e-6, "parameter path")
+
+
 def test_emulated_cuda_adam_grad_scale_and_found_inf(adam_lib):
     cpu = adam_group(ADAM_SHAPES[:5], torch.float32, seed=4)
     for t in cpu["grads"]:

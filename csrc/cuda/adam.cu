@@ -227,13 +227,13 @@ __global__ void __launch_bounds__(kThreads)
   AdamKernel<P, kHasMaster>::run(args, batch.rows, batch.n);
 }
 
-// step += 1 in the counter's own dtype (like torch's `step_t += 1`), unless found_inf.
+// step += 1 in the counter's own dtype (like torch's `step_t += 1`), unless found_inf; once per counter (StepOwners).
 __device__ __forceinline__ void increment_steps(const TensorRow* rows, int64_t n_rows, const AdamArgs& a) {
   if (a.found_inf != nullptr && *a.found_inf != 0.0f) return;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n_rows;
        k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (!rows[k].increments_step) continue;
     void* s = rows[k].step;
-    if (s == nullptr) continue;
     if (a.step_f64) *static_cast<double*>(s) += 1.0;
     else *static_cast<float*>(s) += 1.0f;
   }

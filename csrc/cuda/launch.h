@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <unordered_set>
 
 namespace fused_kingma::cuda {
 
@@ -22,6 +23,7 @@ constexpr int64_t kChunk = 1 << 16;    // elements per block (a multiple of the 
 struct TensorRow {
   void* ptr[kMaxSlots];   // device pointers, nullptr for an absent slot; all of one row have `numel` elements
   void* step;             // this tensor's step counter on the device (float or double), or nullptr
+  bool increments_step;   // this row's thread increments `step` (the first row of each counter: StepOwners)
   double step_value;      // the (already incremented) step when `step` is nullptr
   int64_t list_index;     // position in the op's tensor lists (stochastic rounding counter)
   int64_t numel;
@@ -37,6 +39,17 @@ inline int64_t number_chunks(TensorRow* rows, int64_t n) {
   }
   return chunks;
 }
+
+// Which row increments each device step counter: the first one passed with it. A counter passed for several
+// tensors (torch never does) is then incremented once, by one thread, and every row's update reads the same new
+// value, as with the CPU op's host counters (host_steps.h); two threads incrementing it would race.
+class StepOwners {
+ public:
+  bool first(const void* step) { return step != nullptr && seen_.insert(step).second; }
+
+ private:
+  std::unordered_set<const void*> seen_;
+};
 
 // How many rows one launch takes when the table travels as a kernel parameter (4 KiB limit).
 constexpr int kRowsPerParamLaunch = 32;

@@ -140,6 +140,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
   std::map<Key, std::vector<cuda::TensorRow>> groups;
   FlatStaging staging;
   HostSteps host_steps;
+  cuda::StepOwners step_owners;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& s = steps[i];
     cuda::TensorRow row{};
@@ -148,6 +149,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
       row.step_value = host_steps.next(s);
     } else {  // incremented on the device by the kernel's first launch (unless found_inf)
       row.step = s.data_ptr();
+      row.increments_step = step_owners.first(row.step);
       step_f64 = s.scalar_type() == at::kDouble;
     }
     const auto p_real = real_view(params[i]);

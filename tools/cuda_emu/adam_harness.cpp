@@ -42,9 +42,11 @@ extern "C" int emu_adam_step(int param_dtype, int master, int stochastic_roundin
   a.grad_scale = grad_scale;
   a.found_inf = found_inf;
   std::vector<TensorRow> rows(static_cast<size_t>(n_rows));
+  StepOwners step_owners;
   for (int64_t i = 0; i < n_rows; ++i) {
     for (int s = 0; s < kMaxSlots; ++s) rows[i].ptr[s] = ptrs[i * kMaxSlots + s];
     rows[i].step = steps[i];
+    rows[i].increments_step = step_owners.first(steps[i]);
     rows[i].step_value = step_values[i];
     rows[i].list_index = i;
     rows[i].numel = numels[i];
