@@ -40,9 +40,10 @@ inline int64_t number_chunks(TensorRow* rows, int64_t n) {
   return chunks;
 }
 
-// Which row increments each device step counter: the first one passed with it. A counter passed for several
-// tensors (torch never does) is then incremented once, by one thread, and every row's update reads the same new
-// value, as with the CPU op's host counters (host_steps.h); two threads incrementing it would race.
+// Which row increments each device step counter: the first one to be launched with it. A counter passed for
+// several tensors (torch never does) is then incremented once, by one thread, before any of their updates, which
+// all read the same new value, as with the CPU op's host counters (host_steps.h); two threads incrementing it
+// would race.
 class StepOwners {
  public:
   bool first(const void* step) { return step != nullptr && seen_.insert(step).second; }

@@ -140,7 +140,6 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
   std::map<Key, std::vector<cuda::TensorRow>> groups;
   FlatStaging staging;
   HostSteps host_steps;
-  cuda::StepOwners step_owners;
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& s = steps[i];
     cuda::TensorRow row{};
@@ -149,7 +148,6 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
       row.step_value = host_steps.next(s);
     } else {  // incremented on the device by the kernel's first launch (unless found_inf)
       row.step = s.data_ptr();
-      row.increments_step = step_owners.first(row.step);
       step_f64 = s.scalar_type() == at::kDouble;
     }
     const auto p_real = real_view(params[i]);
@@ -171,6 +169,11 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     groups[Key{static_cast<int>(p.scalar_type()), with_master, step_f64}].push_back(row);
   }
 
+  // A shared device counter is incremented by its first row in launch order (groups, then rows), so every row's
+  // update, in this launch or a later one, comes after the increment.
+  cuda::StepOwners step_owners;
+  for (auto& [key, rows] : groups)
+    for (cuda::TensorRow& row : rows) row.increments_step = step_owners.first(row.step);
   for (auto& [key, rows] : groups) {
     const auto dt = static_cast<at::ScalarType>(std::get<0>(key));
     cuda::AdamArgs args = base;
