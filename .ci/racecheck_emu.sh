@@ -34,9 +34,10 @@ fi
 echo "racecheck-emu: the planted race is reported"
 
 # The kernels whose threads share data: the reparam forward (warp and block row sums) and the Adam kernels
-# (the row search and constants in shared memory); the per-dim KL, backward and noise kernels share nothing.
+# (the row search and constants in shared memory, and the step counters that several rows may share); the
+# per-dim KL, backward and noise kernels share nothing.
 # -s: a TSan report stops the process, and pytest's output capture would swallow it.
 CUDA_EMU_CFLAGS="-fsanitize=thread -g" LD_PRELOAD="$TSAN_LIB" "$PY" -m pytest -q -x -s -p no:cacheprovider \
   tests/test_cuda_emulated.py \
-  -k "${RACECHECK_K:-reparam_matches_cpu_op or adam_matches_cpu_op or table_and_param or found_inf or formats_match}"
+  -k "${RACECHECK_K:-reparam_matches_cpu_op or adam_matches_cpu_op or table_and_param or found_inf or formats_match or step_counter_shared}"
 echo "racecheck-emu: OK"
