@@ -71,13 +71,14 @@ struct AdamKernel {
   template <bool kFull>
   static __device__ __forceinline__ void update(const AdamArgs& a, const math::AdamConsts<C>& c, const TensorRow& row,
                                                 uint64_t sr_offset, int64_t i, int count) {
+    // global_ptr on the arrays every row has; the optional ones (nullptr when absent) get it where they are used.
     P* param = global_ptr<P>(row.ptr[kParam]);
     P* grad = global_ptr<P>(row.ptr[kGrad]);
     S* first = global_ptr<S>(row.ptr[kExpAvg]);
     S* second = global_ptr<S>(row.ptr[kSecond]);
-    S* max_second = global_ptr<S>(row.ptr[kMaxSecond]);
-    float* master = global_ptr<float>(row.ptr[kMaster]);
-    E* ema = global_ptr<E>(row.ptr[kEma]);
+    const void* max_second = row.ptr[kMaxSecond];
+    float* master = kHasMaster ? global_ptr<float>(row.ptr[kMaster]) : nullptr;
+    const void* ema = row.ptr[kEma];
     const bool amsgrad = a.rule == AdamRule::adam_amsgrad;
     const bool unscale = a.grad_scale != nullptr;
     const bool stochastic = a.format.stochastic_rounding;
@@ -91,9 +92,9 @@ struct AdamKernel {
       load_vec(g, grad + i);
       load_vec(m, first + i);
       load_vec(v, second + i);
-      if (amsgrad) load_vec(vm, max_second + i);
+      if (amsgrad) load_vec(vm, global_ptr<S>(max_second) + i);
       if constexpr (kHasMaster) load_vec(w, master + i);
-      if (a.ema) load_vec(e, ema + i);
+      if (a.ema) load_vec(e, global_ptr<E>(ema) + i);
     } else {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
@@ -102,9 +103,9 @@ struct AdamKernel {
         g[k] = grad[i + k];
         m[k] = first[i + k];
         v[k] = second[i + k];
-        if (amsgrad) vm[k] = max_second[i + k];
+        if (amsgrad) vm[k] = global_ptr<S>(max_second)[i + k];
         if constexpr (kHasMaster) w[k] = master[i + k];
-        if (a.ema) e[k] = ema[i + k];
+        if (a.ema) e[k] = global_ptr<E>(ema)[i + k];
       }
     }
     // Stochastic rounding, as the CPU op: element e takes the 16-bit half e % 2 of word (e % 8) / 2
@@ -168,9 +169,9 @@ struct AdamKernel {
       if (unscale) store_vec(grad + i, g);
       store_vec(first + i, m);
       store_vec(second + i, v);
-      if (amsgrad) store_vec(max_second + i, vm);
+      if (amsgrad) store_vec(global_ptr<S>(max_second) + i, vm);
       if constexpr (kHasMaster) store_vec(master + i, w);
-      if (a.ema) store_vec(ema + i, e);
+      if (a.ema) store_vec(global_ptr<E>(ema) + i, e);
     } else {
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
@@ -179,9 +180,9 @@ struct AdamKernel {
         if (unscale) grad[i + k] = g[k];
         first[i + k] = m[k];
         second[i + k] = v[k];
-        if (amsgrad) max_second[i + k] = vm[k];
+        if (amsgrad) global_ptr<S>(max_second)[i + k] = vm[k];
         if constexpr (kHasMaster) master[i + k] = w[k];
-        if (a.ema) ema[i + k] = e[k];
+        if (a.ema) global_ptr<E>(ema)[i + k] = e[k];
       }
     }
   }

@@ -44,7 +44,8 @@ template <class T, class C> __device__ __forceinline__ T store_cast(C x) {
 // ---- global memory ----
 // A pointer read from device memory (the multi-tensor table) is generic to the compiler, which then emits
 // generic LD/ST for every access through it; the assumption places the array in global memory (LDG/STG).
-// .ci/kernel_resources.py fails on generic loads and stores in the PTX.
+// .ci/kernel_resources.py fails on generic loads and stores in the PTX. Only for a pointer into an allocation
+// (never nullptr: the assumption would be false), at the place it is dereferenced.
 template <class T> __device__ __forceinline__ T* global_ptr(const void* p) {
   __builtin_assume(__isGlobal(p));
   return static_cast<T*>(const_cast<void*>(p));
