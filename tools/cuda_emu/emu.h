@@ -11,6 +11,8 @@
 #include <cuda_runtime.h>
 
 #include <barrier>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <memory>
 #include <thread>
@@ -91,6 +93,13 @@ T __shfl_xor_sync(unsigned, T x, int lane_mask) {
   return v;
 }
 
-// Every emulated array is host memory standing in for global memory; the assumption is then true.
-inline unsigned __isGlobal(const void*) { return 1; }
-#define __builtin_assume(cond) ((void)sizeof(cond))
+// Every emulated array is host memory standing in for global memory; nullptr is in none.
+inline unsigned __isGlobal(const void* p) { return p != nullptr; }
+// A false __builtin_assume is undefined behaviour on the GPU; here it stops the program.
+namespace emu {
+[[noreturn]] inline void assumption_failed(const char* cond, const char* file, int line) {
+  std::fprintf(stderr, "%s:%d: __builtin_assume(%s) is false\n", file, line, cond);
+  std::abort();
+}
+}  // namespace emu
+#define __builtin_assume(cond) ((cond) ? (void)0 : emu::assumption_failed(#cond, __FILE__, __LINE__))
