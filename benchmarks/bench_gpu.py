@@ -4,8 +4,9 @@
   Adam. 28 bytes move per element (param, grad, exp_avg, exp_avg_sq read; param and both moments
   written); the four arrays take 8 * 2^28 * 4 B * 4 = 34 GB, one optimizer at a time.
 - reparameterize on a (262144, 512) fp32 batch, forward and forward+backward: fused_kingma vs the
-  eager PyTorch lines it replaces and those lines under torch.compile (not with --tiny). 12 bytes per element forward (mu, logvar read, z written), 20
-  backward (grad_z, mu, logvar read, grad_mu, grad_logvar written).
+  eager PyTorch lines it replaces and those lines under torch.compile (not with --tiny). 12 bytes per
+  element forward (mu, logvar read, z written), 20 backward (grad_z, mu, logvar read, grad_mu,
+  grad_logvar written).
 
 The floor is bytes moved / the device-to-device copy bandwidth measured in the same run
 (common.copy_bandwidth_gbs). On the CPU this module reports that it has nothing to run.
