@@ -5,7 +5,8 @@
 # that it does (tools/cuda_emu/race_canary.cpp: the clean block sums must pass, the planted race must be
 # reported), then runs the emulated kernel tests with the emulation built under TSan.
 # Out of its reach: races between blocks (the emulation runs blocks one after another) and the GPU's own
-# memory model; `make gpu-check` runs racecheck on a GPU.
+# memory model; `make gpu-check` runs racecheck on a GPU. Like any TSan run it can miss a race whose earlier
+# access was pushed out of a memory cell's short history by many others (the canary is built so it cannot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

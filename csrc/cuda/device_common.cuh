@@ -74,9 +74,11 @@ template <class T> __device__ __forceinline__ void store_vec(T* dst, const T (&s
 }
 
 // ---- deterministic sums: fixed shuffle tree, fixed shared-memory order, no atomics ----
-template <class T> __device__ __forceinline__ T warp_sum(T x) {
+// Sum over aligned groups of kWidth lanes (a power of 2 up to 32); every lane of the warp must call it.
+template <int kWidth = 32, class T> __device__ __forceinline__ T warp_sum(T x) {
+  static_assert(kWidth >= 1 && kWidth <= 32 && (kWidth & (kWidth - 1)) == 0, "a power of 2 up to 32");
 #pragma unroll
-  for (int d = 16; d > 0; d >>= 1) x += __shfl_xor_sync(0xffffffffu, x, d);
+  for (int d = kWidth / 2; d > 0; d >>= 1) x += __shfl_xor_sync(0xffffffffu, x, d);
   return x;
 }
 

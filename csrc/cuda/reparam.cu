@@ -3,8 +3,8 @@
 // The noise is regenerated from (seed, offset) read on the device, so a captured graph draws the noise
 // of the values its replay finds there.
 //
-// Forward: a group of kTPR threads (a warp, or the whole block for long rows) owns one (sample, row)
-// item, t = k * rows + r as on the CPU; it walks the row in Philox blocks of 4 elements of z's flat
+// Forward: a group of kTPR threads (4, 8 or 16 lanes for short rows, so a warp holds several items; a warp;
+// the whole block for rows of 1024 or more) owns one (sample, row) item, t = k * rows + r as on the CPU; it walks the row in Philox blocks of 4 elements of z's flat
 // index (one Philox call per 4 elements) and sums KL / log q / log p over the row with a fixed shuffle
 // tree: deterministic, no atomics. The KL of row r is computed with its first sample (or alone when
 // num_samples == 0).
@@ -40,8 +40,8 @@ __device__ __forceinline__ void store(void* p, int64_t i, C x) {
 
 template <class C, int kTPR>
 __device__ __forceinline__ C group_sum(C x, C* scratch) {
-  if constexpr (kTPR == 32) {
-    return warp_sum(x);
+  if constexpr (kTPR <= 32) {
+    return warp_sum<kTPR>(x);
   } else {
     return block_sum<kTPR>(x, scratch);
   }
@@ -108,9 +108,15 @@ __device__ __forceinline__ void store4(void* base, int64_t i, int count, bool ve
   }
 }
 
+// Blocks per SM the forward kernel is built for: 4 (64 registers, what ptxas used anyway) for 32- and 16-bit
+// inputs; 2 (128 registers) for float64, where without a hint ptxas aimed at 80 registers and spilled around the
+// float64 exp (.ci/kernel_resources.py). A bare __launch_bounds__(kThreads, 1) made it use 70-78 registers.
+template <class T> constexpr int kForwardMinBlocks = sizeof(T) == 8 ? 2 : 4;
+
 template <class T, int kTPR, bool kPrior>
-__global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_constant__ ReparamForwardArgs a) {
-  static_assert(kTPR == 32 || kTPR == kThreads, "a warp or the whole block per item");
+__global__ void __launch_bounds__(kThreads, kForwardMinBlocks<T>) reparam_forward_kernel(const __grid_constant__ ReparamForwardArgs a) {
+  static_assert(kTPR == 4 || kTPR == 8 || kTPR == 16 || kTPR == 32 || kTPR == kThreads,
+                "4, 8 or 16 lanes, a warp or the whole block per item");
   using C = typename OpMath<T>::type;
   constexpr int kItemsPerBlock = kThreads / kTPR;
   __shared__ C scratch[kThreads / 32];
@@ -126,14 +132,18 @@ __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_
   const bool vec = D % 4 == 0 && vec_aligned<T>(a.mu) && vec_aligned<T>(a.logvar) && vec_aligned<T>(a.z) &&
                    vec_aligned<T>(a.prior_mu) && vec_aligned<T>(a.prior_logvar);
 
-  // Every thread of a group sees the same t, so the group sums below are reached by all of them.
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock + threadIdx.x / kTPR; t < items;
-       t += static_cast<int64_t>(gridDim.x) * kItemsPerBlock) {
-    const int64_t r = sampling ? t % R : t;
-    const bool first = !a.kl_per_dim && t < R;  // the KL of row r goes with its first sample (per-dim: elsewhere)
+  // Every thread of the block runs the same iterations (t0 is the block's), so the sums below are reached by
+  // every lane of a warp, as the shuffles need, also when a warp holds several items (kTPR < 32) and some of
+  // them are past the end (not `active`).
+  for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * kItemsPerBlock; t0 < items;
+       t0 += static_cast<int64_t>(gridDim.x) * kItemsPerBlock) {
+    const int64_t t = t0 + threadIdx.x / kTPR;
+    const bool active = t < items;
+    const int64_t r = sampling ? t % R : t;  // past the end (not active): never read or written
+    const bool first = active && !a.kl_per_dim && t < R;  // the KL of row r goes with its first sample
     const int64_t row = r * D, prow_mu = r * a.prior_mu_row_stride, prow_lv = r * a.prior_logvar_row_stride;
     C kl_acc = 0, lq_acc = 0, lp_acc = 0;
-    if (sampling) {
+    if (sampling && active) {
       const int64_t s = t * D;  // z's flat index of this item's first element
       for (int64_t g = s / 4 + lane; 4 * g < s + D; g += kTPR) {
         float eps4[4];
@@ -182,7 +192,7 @@ __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_
           }
         }
       }
-    } else {
+    } else if (active) {
       for (int64_t j = lane; j < D; j += kTPR) {
         const C m = load<T>(a.mu, row + j), l = load<T>(a.logvar, row + j);
         const C pm = kPrior ? load<T>(a.prior_mu, prow_mu + j) : C(0);
@@ -190,14 +200,15 @@ __global__ void __launch_bounds__(kThreads) reparam_forward_kernel(const __grid_
         kl_acc += kl_term<kPrior>(m, l, pm, plv);
       }
     }
-    if (first) {
-      const C total = group_sum<C, kTPR>(kl_acc, scratch);
-      if (lane == 0) store<T>(a.kl, r, total);
+    // A warp or block per item: `first` is the same for all its lanes. Several items a warp: all reduce.
+    if (kTPR >= 32 ? first : !a.kl_per_dim) {
+      const C total = group_sum<C, kTPR>(kl_acc, scratch);  // kl_acc is 0 where the item is not `first`
+      if (first && lane == 0) store<T>(a.kl, r, total);
     }
     if (sampling && log_prob) {
       const C lq = group_sum<C, kTPR>(lq_acc, scratch);
       const C lp = group_sum<C, kTPR>(lp_acc, scratch);
-      if (lane == 0) {
+      if (active && lane == 0) {
         store<T>(a.log_q, t, lq + log_norm);
         store<T>(a.log_p, t, lp + log_norm);
       }
@@ -375,10 +386,19 @@ cudaError_t forward(const ReparamForwardArgs& a, cudaStream_t stream) {
   const int64_t items = a.num_samples > 0 ? a.num_samples * a.rows : a.rows;
   // Per-dim KL without samples: the main kernel would have nothing left to do.
   if (!a.kl_per_dim || a.num_samples > 0) {
+    // Lanes per item: enough for the Philox blocks a row touches (one more than D / 4 when a row can start
+    // inside a block), so that short rows (latent dims of 4 to 60) do not leave most of a warp idle.
+    const int64_t blocks_per_row = (a.dim + 3) / 4 + (a.dim % 4 != 0 ? 1 : 0);
     if (a.dim >= 1024) {
       reparam_forward_kernel<T, kThreads, kPrior><<<grid_for(items, 1), kThreads, 0, stream>>>(a);
-    } else {
+    } else if (blocks_per_row > 16) {
       reparam_forward_kernel<T, 32, kPrior><<<grid_for(items, kThreads / 32), kThreads, 0, stream>>>(a);
+    } else if (blocks_per_row > 8) {
+      reparam_forward_kernel<T, 16, kPrior><<<grid_for(items, kThreads / 16), kThreads, 0, stream>>>(a);
+    } else if (blocks_per_row > 4) {
+      reparam_forward_kernel<T, 8, kPrior><<<grid_for(items, kThreads / 8), kThreads, 0, stream>>>(a);
+    } else {
+      reparam_forward_kernel<T, 4, kPrior><<<grid_for(items, kThreads / 4), kThreads, 0, stream>>>(a);
     }
     if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
   }
