@@ -131,8 +131,9 @@ PRIORS = {
 
 # Shapes: odd last dims (Philox blocks straddle rows and samples), 3-D batches, a row of >= 1024 (the
 # block-per-row reduction), last dims of a multiple of 4 (the 16-byte vector paths), an empty latent dim
-# and an empty batch. Lanes per row (reparam.cu's forward): 4 for D <= 8 (and D = 9, 10: (5, 13) takes 8), 8 up
-# to 32, 16 up to 64, a warp up to 1023, the block from 1024; (37, 5) puts 8 rows in a warp and ends mid-warp.
+# and an empty batch. Lanes per row (reparam.cu's forward, from the Philox blocks a row can touch: D / 4, one more
+# when 4 does not divide D): 4 for D = 4, 5, 7, 8, 9, 10; 8 for 13 and 32; 16 for 37 and 60; a warp for 130; the
+# block from 1024. (37, 5) puts 8 rows in a warp and ends mid-warp.
 CASES = [((7,), "none"), ((6, 37), "shared"), ((2, 3, 9), "shared_keepdim"), ((5, 13), "per_row"),
          ((4, 10), "broadcast_column"), ((3, 1030), "shared"), ((5, 8), "per_row"), ((6, 32), "shared"),
          ((2, 1024), "none"), ((3, 0), "none"), ((0, 4), "none"), ((37, 5), "shared"), ((9, 60), "none"),

@@ -387,7 +387,7 @@ cudaError_t forward(const ReparamForwardArgs& a, cudaStream_t stream) {
   // Per-dim KL without samples: the main kernel would have nothing left to do.
   if (!a.kl_per_dim || a.num_samples > 0) {
     // Lanes per item: enough for the Philox blocks a row touches (one more than D / 4 when a row can start
-    // inside a block), so that short rows (latent dims of 4 to 60) do not leave most of a warp idle.
+    // inside a block), so that short rows (latent dims up to 64) do not leave most of a warp idle.
     const int64_t blocks_per_row = (a.dim + 3) / 4 + (a.dim % 4 != 0 ? 1 : 0);
     if (a.dim >= 1024) {
       reparam_forward_kernel<T, kThreads, kPrior><<<grid_for(items, 1), kThreads, 0, stream>>>(a);
