@@ -434,8 +434,9 @@ def random_latents(shape, dtype, seed, device="cpu"):
     return mu.to(device), logvar.to(device)
 
 
-# (1,), odd last dims (Philox blocks straddle rows), one row >= 1024 (a block per row).
-REPARAM_SHAPES = [(1,), (7,), (3, 5), (64, 33), (4, 1031)]
+# (1,), odd last dims (Philox blocks straddle rows), one row >= 1024 (a block per row); short rows, several to a
+# warp (4, 8 and 16 lanes each), with row counts that end mid-warp and mid-block.
+REPARAM_SHAPES = [(1,), (7,), (3, 5), (64, 33), (4, 1031), (1001, 8), (517, 32), (129, 60)]
 
 
 @pytest.mark.sanitize
