@@ -4,9 +4,9 @@
 // of the values its replay finds there.
 //
 // Forward: a group of kTPR threads (4, 8 or 16 lanes for short rows, so a warp holds several items; a warp;
-// the whole block for rows of 1024 or more) owns one (sample, row) item, t = k * rows + r as on the CPU; it walks the row in Philox blocks of 4 elements of z's flat
-// index (one Philox call per 4 elements) and sums KL / log q / log p over the row with a fixed shuffle
-// tree: deterministic, no atomics. The KL of row r is computed with its first sample (or alone when
+// the whole block for rows of 1024 or more) owns one (sample, row) item, t = k * rows + r as on the CPU; it
+// walks the row in Philox blocks of 4 elements of z's flat index (one Philox call per 4 elements) and sums
+// KL / log q / log p over the row with a fixed shuffle tree: deterministic, no atomics. The KL of row r is computed with its first sample (or alone when
 // num_samples == 0).
 // Per-dim KL (kl_per_dim, for free_bits): the forward kernel leaves the KL out; a thread per (group of rows,
 // column) sums its column over the group's rows in row order into a double partial (consecutive threads take
@@ -114,7 +114,8 @@ __device__ __forceinline__ void store4(void* base, int64_t i, int count, bool ve
 template <class T> constexpr int kForwardMinBlocks = sizeof(T) == 8 ? 2 : 4;
 
 template <class T, int kTPR, bool kPrior>
-__global__ void __launch_bounds__(kThreads, kForwardMinBlocks<T>) reparam_forward_kernel(const __grid_constant__ ReparamForwardArgs a) {
+__global__ void __launch_bounds__(kThreads, kForwardMinBlocks<T>)
+    reparam_forward_kernel(const __grid_constant__ ReparamForwardArgs a) {
   static_assert(kTPR == 4 || kTPR == 8 || kTPR == 16 || kTPR == 32 || kTPR == kThreads,
                 "4, 8 or 16 lanes, a warp or the whole block per item");
   using C = typename OpMath<T>::type;
