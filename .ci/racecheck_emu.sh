@@ -40,5 +40,6 @@ echo "racecheck-emu: the planted race is reported"
 # -s: a TSan report stops the process, and pytest's output capture would swallow it.
 CUDA_EMU_CFLAGS="-fsanitize=thread -g" LD_PRELOAD="$TSAN_LIB" "$PY" -m pytest -q -x -s -p no:cacheprovider \
   tests/test_cuda_emulated.py \
-  -k "${RACECHECK_K:-reparam_matches_cpu_op or adam_matches_cpu_op or table_and_param or found_inf or formats_match or step_counter_shared}"
+  -k "${RACECHECK_K:-reparam_matches_cpu_op or adam_matches_cpu_op or table_and_param or found_inf or formats_match \
+or step_counter_shared}"
 echo "racecheck-emu: OK"

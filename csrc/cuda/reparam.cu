@@ -6,8 +6,8 @@
 // Forward: a group of kTPR threads (4, 8 or 16 lanes for short rows, so a warp holds several items; a warp;
 // the whole block for rows of 1024 or more) owns one (sample, row) item, t = k * rows + r as on the CPU; it
 // walks the row in Philox blocks of 4 elements of z's flat index (one Philox call per 4 elements) and sums
-// KL / log q / log p over the row with a fixed shuffle tree: deterministic, no atomics. The KL of row r is computed with its first sample (or alone when
-// num_samples == 0).
+// KL / log q / log p over the row with a fixed shuffle tree: deterministic, no atomics. The KL of row r is
+// computed with its first sample (or alone when num_samples == 0).
 // Per-dim KL (kl_per_dim, for free_bits): the forward kernel leaves the KL out; a thread per (group of rows,
 // column) sums its column over the group's rows in row order into a double partial (consecutive threads take
 // consecutive columns: coalesced loads), then a thread per column sums the groups' partials in order. The
