@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Type-checks the torch <-> CUDA glue (csrc/cuda_glue/*.cpp) without a GPU or a CUDA torch:
-# g++ -fsyntax-only -DFK_WITH_CUDA against torch's headers (a CPU wheel ships c10/cuda and
-# ATen/cuda) and the CUDA runtime headers. Skips cleanly when either is missing.
+# g++ -c -O0 -DFK_WITH_CUDA against torch's headers (a CPU wheel ships c10/cuda and ATen/cuda) and
+# the CUDA runtime headers, into build/cuda-objects/glue/ for .ci/link_check.sh. Skips cleanly when
+# either is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -32,9 +33,12 @@ fi
 incs=(-Icsrc -I"$CUDA_INC" -I"$stub")
 for d in "${torch_inc[@]}"; do incs+=(-isystem "$d"); done
 torch_version=$("$PY" -c 'import torch; print(torch.__version__)')
+objects=build/cuda-objects/glue
+rm -rf "$objects"
+mkdir -p "$objects"
 pids=()
 for f in "${files[@]}"; do
-  g++ -fsyntax-only -std=c++20 -DFK_WITH_CUDA -DFK_TORCH_VERSION="\"$torch_version\"" -Wall -Wextra -Werror \
+  g++ -c -O0 -fPIC -o "$objects/$(basename "$f" .cpp).o" -std=c++20 -DFK_WITH_CUDA -DFK_TORCH_VERSION="\"$torch_version\"" -Wall -Wextra -Werror \
     -Wno-unused-parameter "${incs[@]}" "$f" &
   pids+=($!)
 done

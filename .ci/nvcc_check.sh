@@ -3,6 +3,7 @@
 # These files include only csrc/math/*.h and CUDA headers, so a partial toolkit without torch suffices.
 # Each kernel's registers, local memory and generic loads/stores are checked by .ci/kernel_resources.py.
 # The -D__CUDA_NO_* flags are the ones torch's CUDAExtension passes (no implicit half/bf16 conversions).
+# The objects stay in build/cuda-objects/sm_XX/ for .ci/link_check.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
@@ -16,17 +17,17 @@ if [ ${#files[@]} -eq 0 ]; then
   echo "nvcc-check: no .cu files"
   exit 0
 fi
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+out=build/cuda-objects
+rm -rf "$out"
 failed=0
 for arch in 80 90; do
   for f in "${files[@]}"; do
     name=$(basename "$f" .cu)
-    keep="$out/$name.sm$arch"
+    keep="$out/sm_$arch/$name"
     mkdir -p "$keep"
     # --keep leaves the PTX and --resource-usage prints ptxas's per-kernel report, both for
     # .ci/kernel_resources.py (local memory, spills, generic loads and stores).
-    if ! "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$keep/$name.o" \
+    if ! "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$out/sm_$arch/$name.cu.o" \
       -gencode "arch=compute_$arch,code=sm_$arch" --resource-usage --keep --keep-dir "$keep" \
       -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr -DFK_WITH_CUDA \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
