@@ -29,7 +29,7 @@ for arch in 80 90; do
     # .ci/kernel_resources.py (local memory, spills, generic loads and stores).
     if ! "$NVCC" -std=c++17 -O3 ${NVCC_EXTRA_FLAGS:-} -Icsrc -c "$f" -o "$out/sm_$arch/$name.cu.o" \
       -gencode "arch=compute_$arch,code=sm_$arch" --resource-usage --keep --keep-dir "$keep" \
-      -Werror all-warnings -Xcompiler -Wall,-Werror --expt-relaxed-constexpr -DFK_WITH_CUDA \
+      -Werror all-warnings -Xcompiler -Wall,-Werror,-fPIC --expt-relaxed-constexpr -DFK_WITH_CUDA \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ >"$keep/ptxas.txt" 2>&1; then
       grep -v '^ptxas info\|^    [0-9]* bytes stack frame' "$keep/ptxas.txt" >&2 || true
