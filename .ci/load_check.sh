@@ -6,7 +6,8 @@
 # stand-ins (load_check/c10_cuda_stub.cpp: a CPU torch has none; nothing here reaches them).
 # That runs the CUDA build's static initialisation (the glue's op schemas are parsed, its CUDA kernels
 # registered beside the CPU ones, the fatbins registered with the CUDA runtime) and the Python package's
-# CUDA-build paths (the adam_step_lr_tensor_ op and its fake kernel), and checks that CPU results are
+# CUDA paths over fake CUDA tensors (tests/test_fake_cuda.py: capturable steps make no host read, the GPU lr
+# tensor reaches adam_step_lr_tensor_, the noise key is drawn on the device), and checks that CPU results are
 # unchanged in such a build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,6 +76,7 @@ print("load-check: CUDA build loaded from", fused_kingma.__file__, "with CUDA ke
       "adam_step_lr_tensor_, reparam_fwd, reparam_bwd, philox_debug_cuda")
 EOF
 "$PY" -P -m pytest -q -x -p no:cacheprovider --rootdir=. \
-  ${LOAD_CHECK_TESTS:-tests/test_build.py tests/test_adam.py tests/test_capturable.py tests/test_reparam.py} \
+  ${LOAD_CHECK_TESTS:-tests/test_fake_cuda.py tests/test_build.py tests/test_adam.py tests/test_capturable.py \
+  tests/test_reparam.py} \
   -k "${LOAD_CHECK_K:-not slow}"
 echo "load-check: OK"
