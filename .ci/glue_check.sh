@@ -2,7 +2,8 @@
 # Type-checks the torch <-> CUDA glue (csrc/cuda_glue/*.cpp) without a GPU or a CUDA torch:
 # g++ -c -O0 -DFK_WITH_CUDA against torch's headers (a CPU wheel ships c10/cuda and ATen/cuda) and
 # the CUDA runtime headers, into build/cuda-objects/glue/ for .ci/link_check.sh. Skips cleanly when
-# either is missing.
+# either is missing. C++17: what torch 2.11's CUDAExtension passes (the GPU machine's torch; the CPU build here
+# gets torch 2.13's C++20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -38,8 +39,8 @@ rm -rf "$objects"
 mkdir -p "$objects"
 pids=()
 for f in "${files[@]}"; do
-  g++ -c -O0 -fPIC -o "$objects/$(basename "$f" .cpp).o" -std=c++20 -DFK_WITH_CUDA -DFK_TORCH_VERSION="\"$torch_version\"" -Wall -Wextra -Werror \
-    -Wno-unused-parameter "${incs[@]}" "$f" &
+  g++ -c -O0 -fPIC -o "$objects/$(basename "$f" .cpp).o" -std=c++17 -DFK_WITH_CUDA \
+    -DFK_TORCH_VERSION="\"$torch_version\"" -Wall -Wextra -Werror -Wno-unused-parameter "${incs[@]}" "$f" &
   pids+=($!)
 done
 status=0

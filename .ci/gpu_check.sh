@@ -63,7 +63,9 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST
 fi
 
-if ! step build 240 "$PY" setup.py -q build_ext --inplace; then
+# The longest file (csrc/cpu/reparam_kernels.cpp) takes ~170 s on one core of the CI host, so even with
+# MAX_JOBS=16 the build takes about 3 minutes (tools/torch_compat_check.sh measures it against this torch).
+if ! step build 330 "$PY" setup.py -q build_ext --inplace; then
   printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"
   exit 1
 fi
