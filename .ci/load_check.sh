@@ -44,7 +44,7 @@ if [ ! -f "$torch_inc/c10/cuda/impl/cuda_cmake_macros.h" ]; then
   cuda_inc+=(-I"$work/inc")
 fi
 torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-g++ "${flags[@]}" "${cuda_inc[@]}" -c csrc/ops.cpp -o "$work/ops.o"
+g++ "${flags[@]}" -O0 -g0 "${cuda_inc[@]}" -c csrc/ops.cpp -o "$work/ops.o"  # registrations: no need to optimise
 g++ -shared -fPIC -O0 -std=c++20 -Wall -Wextra -Werror "${cuda_inc[@]}" -isystem "$torch_inc" \
   .ci/load_check/c10_cuda_stub.cpp -o "$work/stub/libc10_cuda.so" -L"$torch_lib" -lc10
 
