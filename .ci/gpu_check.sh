@@ -25,6 +25,18 @@ ALL="$LOG/gpu-check.log"
 export PYTHONUNBUFFERED=1
 export MAX_JOBS=${GPU_MAX_JOBS:-16}
 export FUSED_KINGMA_CUDA=1
+# torch finds the toolkit through CUDA_HOME, else through `which nvcc`/../..: an nvcc wrapper or link in
+# /usr/local/bin gives /usr/local, which has no cuda_runtime.h (seen on the CI host). Without CUDA_HOME, take
+# the first of nvcc's resolved folder and /usr/local/cuda that holds the headers.
+if [ -z "${CUDA_HOME:-}" ]; then
+  nvcc_top=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc || echo /none/bin/nvcc)")")")
+  for d in "$nvcc_top" /usr/local/cuda; do
+    if [ -f "$d/include/cuda_runtime.h" ]; then
+      export CUDA_HOME=$d
+      break
+    fi
+  done
+fi
 declare -a summary=()
 failed=0
 
