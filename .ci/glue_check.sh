@@ -23,10 +23,11 @@ if [ ! -f "${torch_inc[0]}/c10/cuda/CUDAStream.h" ]; then
   echo "glue-check: SKIPPED (this torch ships no c10/cuda headers)"
   exit 0
 fi
-stub=$(mktemp -d)
-trap 'rm -rf "$stub"' EXIT
 # CPU wheels ship c10/cuda/*.h but not the header CMake generates for a CUDA build; its content
-# is this one line in every CUDA build of torch.
+# is this one line in every CUDA build of torch. Kept in build/cuda-objects/include for .ci/load_check.sh.
+stub=build/cuda-objects/include
+rm -rf "$stub"
+mkdir -p "$stub"
 if [ ! -f "${torch_inc[0]}/c10/cuda/impl/cuda_cmake_macros.h" ]; then
   mkdir -p "$stub/c10/cuda/impl"
   printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$stub/c10/cuda/impl/cuda_cmake_macros.h"

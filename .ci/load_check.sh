@@ -35,14 +35,9 @@ mkdir -p "$work/stub" "$work/pkg/fused_kingma"
 eval "ninja_flags=($(sed -n 's/^cflags = //p' "$ninja") $(sed -n 's/^post_cflags = //p' "$ninja"))"
 flags=(-DFK_WITH_CUDA)
 for f in "${ninja_flags[@]}"; do [ "$f" = -c ] || flags+=("$f"); done
-cuda_inc=(-I"$CUDA_ROOT/include")
-# CPU wheels ship c10/cuda/*.h but not the header CMake generates for a CUDA build (as .ci/glue_check.sh).
+# $objects/include: the header CPU wheels lack (cuda_cmake_macros.h), left there by .ci/glue_check.sh.
+cuda_inc=(-I"$CUDA_ROOT/include" -I"$objects/include")
 torch_inc=$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(include_paths()[0])')
-if [ ! -f "$torch_inc/c10/cuda/impl/cuda_cmake_macros.h" ]; then
-  mkdir -p "$work/inc/c10/cuda/impl"
-  printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' >"$work/inc/c10/cuda/impl/cuda_cmake_macros.h"
-  cuda_inc+=(-I"$work/inc")
-fi
 torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
 g++ "${flags[@]}" -O0 -g0 "${cuda_inc[@]}" -c csrc/ops.cpp -o "$work/ops.o"  # registrations: no need to optimise
 g++ -shared -fPIC -O0 -std=c++20 -Wall -Wextra -Werror "${cuda_inc[@]}" -isystem "$torch_inc" \
