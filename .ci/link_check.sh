@@ -30,7 +30,7 @@ trap 'rm -rf "$work"' EXIT
 
 # Symbols the rest of a CUDA build provides: the extension's, torch's libraries' (which the extension finds
 # already loaded, so ldd does not), those of every other library the extension loads, and libcudart's.
-torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+torch_lib=$("$PY" -c 'from torch.utils.cpp_extension import library_paths; print(library_paths()[0])')
 mapfile -t libraries < <(ldd "${extension[0]}" | awk '$3 ~ /^\// {print $3}')
 libraries+=("${extension[0]}" "$torch_lib"/*.so*)
 if [ -f "$CUDART" ]; then

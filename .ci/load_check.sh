@@ -38,7 +38,7 @@ for f in "${ninja_flags[@]}"; do [ "$f" = -c ] || flags+=("$f"); done
 # $objects/include: the header CPU wheels lack (cuda_cmake_macros.h), left there by .ci/glue_check.sh.
 cuda_inc=(-I"$CUDA_ROOT/include" -I"$objects/include")
 torch_inc=$("$PY" -c 'from torch.utils.cpp_extension import include_paths; print(include_paths()[0])')
-torch_lib=$("$PY" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+torch_lib=$("$PY" -c 'from torch.utils.cpp_extension import library_paths; print(library_paths()[0])')
 g++ "${flags[@]}" -O0 -g0 "${cuda_inc[@]}" -c csrc/ops.cpp -o "$work/ops.o"  # registrations: no need to optimise
 g++ -shared -fPIC -O0 -std=c++20 -Wall -Wextra -Werror "${cuda_inc[@]}" -isystem "$torch_inc" \
   .ci/load_check/c10_cuda_stub.cpp -o "$work/stub/libc10_cuda.so" -L"$torch_lib" -lc10
@@ -52,24 +52,10 @@ cp fused_kingma/*.py "$work/pkg/fused_kingma/"
 
 export LD_LIBRARY_PATH="$PWD/$work/stub:$CUDA_ROOT/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONPATH="$PWD/$work/pkg"
-"$PY" -P - "$PWD/$work/pkg" <<'EOF'
-import sys
-
-import torch
-
-import fused_kingma
-from fused_kingma import _capturable
-
-assert fused_kingma.__file__.startswith(sys.argv[1]), fused_kingma.__file__
-assert fused_kingma._C.built_with_cuda, "the load check's extension says it was built without CUDA"
-assert _capturable.HAS_LR_TENSOR_OP, "adam_step_lr_tensor_ (defined by the CUDA glue) is missing"
-for op, keys in {"adam_step_": ("CPU", "CUDA"), "adam_step_lr_tensor_": ("CUDA",), "reparam_fwd": ("CPU", "CUDA"),
-                 "reparam_bwd": ("CPU", "CUDA"), "philox_debug_cuda": ("CUDA",)}.items():
-    for key in keys:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fused_kingma::{op}", key), (op, key)
-print("load-check: CUDA build loaded from", fused_kingma.__file__, "with CUDA kernels for adam_step_,",
-      "adam_step_lr_tensor_, reparam_fwd, reparam_bwd, philox_debug_cuda")
-EOF
+"$PY" -P -c 'import sys, fused_kingma; assert fused_kingma.__file__.startswith(sys.argv[1]), fused_kingma.__file__
+assert fused_kingma._C.built_with_cuda, "the load check extension says it was built without CUDA"
+print("load-check: CUDA build loaded from", fused_kingma.__file__)' "$PWD/$work/pkg"
+# tests/test_build.py checks that every op has its CUDA kernels registered.
 "$PY" -P -m pytest -q -x -p no:cacheprovider --rootdir=. \
   ${LOAD_CHECK_TESTS:-tests/test_fake_cuda.py tests/test_build.py tests/test_adam.py tests/test_capturable.py \
   tests/test_reparam.py} \

@@ -31,6 +31,30 @@ def test_built_for_this_torch():
     assert fused_kingma._C.built_with_torch.split("+")[0] == torch.__version__.split("+")[0]
 
 
+# The ops and the dispatch keys they have kernels for; the CUDA ones only in a CUDA build. The load check
+# (.ci/load_check.sh), tools/torch_compat_check.sh and `make gpu-check` all run this file.
+_KERNELS = {
+    "adam_step_": ("CPU", "CUDA"),
+    "adam_step_lr_tensor_": ("CUDA",),
+    "reparam_fwd": ("CPU", "CUDA"),
+    "reparam_bwd": ("CPU", "CUDA"),
+    "philox_debug_cuda": ("CUDA",),
+}
+
+
+def test_kernels_registered_for_the_build():
+    with_cuda = fused_kingma._C.built_with_cuda
+    for op, keys in _KERNELS.items():
+        name = f"fused_kingma::{op}"
+        for key in keys:
+            expected = key != "CUDA" or with_cuda
+            try:
+                has = torch._C._dispatch_has_kernel_for_dispatch_key(name, key)
+            except RuntimeError:  # no schema: the CUDA-only ops are defined by the CUDA glue
+                has = False
+            assert has == expected, f"{name}: {key} kernel {'missing' if expected else 'registered'}"
+
+
 def test_missing_extension_gives_rebuild_message(tmp_path):
     # A copy of the Python package without _C must fail with the rebuild hint.
     import shutil
