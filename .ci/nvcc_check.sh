@@ -19,8 +19,10 @@ if [ ${#files[@]} -eq 0 ]; then
 fi
 out=build/cuda-objects
 rm -rf "$out"
-failed=0
-for arch in 80 90; do
+
+# check_arch <arch>: every .cu for sm_<arch>; 1 if one failed to compile or broke a resource rule.
+check_arch() {
+  local arch=$1 failed=0
   for f in "${files[@]}"; do
     name=$(basename "$f" .cu)
     keep="$out/sm_$arch/$name"
@@ -32,12 +34,24 @@ for arch in 80 90; do
       -Werror all-warnings -Xcompiler -Wall,-Werror,-fPIC --expt-relaxed-constexpr -DFK_WITH_CUDA \
       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
       -D__CUDA_NO_HALF2_OPERATORS__ >"$keep/ptxas.txt" 2>&1; then
-      grep -v '^ptxas info\|^    [0-9]* bytes stack frame' "$keep/ptxas.txt" >&2 || true
-      echo "nvcc-check: $f sm_$arch FAILED to compile" >&2
-      exit 1
+      grep -v '^ptxas info\|^    [0-9]* bytes stack frame' "$keep/ptxas.txt" || true
+      echo "nvcc-check: $f sm_$arch FAILED to compile"
+      return 1
     fi
     echo "nvcc-check: $f sm_$arch OK"
     python3 .ci/kernel_resources.py "sm_$arch" "$keep/ptxas.txt" "$keep/$name.ptx" || failed=1
   done
-done
+  return $failed
+}
+
+# The two archs at once (CI has two cores), each into its own log, printed in order.
+mkdir -p "$out"
+check_arch 80 >"$out/sm_80.log" 2>&1 &
+sm80=$!
+check_arch 90 >"$out/sm_90.log" 2>&1 &
+sm90=$!
+failed=0
+wait $sm80 || failed=1
+wait $sm90 || failed=1
+cat "$out/sm_80.log" "$out/sm_90.log"
 exit $failed

@@ -2,16 +2,18 @@
 
     python benchmarks/reparam_ab/reparam_ab.py --base HEAD --shapes 4096x256 65536x128 --threads 1
 
-Compiles csrc/cpu/reparam_kernels.cpp and the Philox files of both trees into one program (B's public names get
-the suffix _b) with the extension's code-generation flags (setup.py's -O3 -fno-math-errno -fopenmp, and the
--std=c++20 torch's BuildExtension adds) and runs main.cpp, which alternates calls of A and B in one process. On a
-shared host, process-level A/B (two builds timed in turn) varied by +-25% between runs and missed a 12% change that
-this pairing shows in every run. With the same code on both sides (--base HEAD, clean tree) the medians differed
+Compiles csrc/cpu/reparam_kernels.cpp, the per-ISA row loops (reparam_rows_*.cpp, where the tree has them) and the
+Philox files of both trees into one program (B's public names and namespace get the suffix _b) with the
+extension's code-generation flags (setup.py's -O3 -fno-math-errno -fopenmp, and the -std=c++20 torch's BuildExtension
+adds) and runs main.cpp, which alternates calls of A and B in one process. On a shared host, process-level A/B
+(two builds timed in turn) varied by +-25% between runs and missed a 12% change that this pairing shows in every
+run. With the same code on both sides (--base HEAD, clean tree) the medians differed
 by up to 8% on that host: read single figures with that much noise. float32 or bfloat16 (--dtype), no prior;
 forward and backward. Not part of `make bench`.
 """
 import argparse
 import concurrent.futures
+import glob
 import os
 import subprocess
 import sys
@@ -22,10 +24,16 @@ import torch.utils.cpp_extension as cpp_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The files whose code differs between the builds; the rest (ISA detection, half conversions) is linked once, from B.
-PER_BUILD = ["csrc/cpu/reparam_kernels.cpp", "csrc/cpu/philox_avx2.cpp", "csrc/cpu/philox_avx512.cpp"]
+PER_BUILD = ["csrc/cpu/reparam_kernels.cpp", "csrc/cpu/reparam_rows_*.cpp", "csrc/cpu/philox_avx2.cpp",
+             "csrc/cpu/philox_avx512.cpp"]
 SHARED = ["csrc/cpu/isa.cpp", "csrc/cpu/half_convert.cpp"]
 RENAMED = ["reparam_forward_cpu", "reparam_backward_cpu", "philox_debug_cpu", "fastmath_debug_cpu",
-           "philox_words_avx2", "philox_words_avx512"]
+           "philox_words_avx2", "philox_words_avx512", "reparam_fwd_rows", "reparam_bwd_rows", "reparam_debug",
+           "reparam_detail"]  # reparam_detail: its templates would otherwise merge between A and B at link time
+
+
+def per_build_files(tree):
+    return [f for pattern in PER_BUILD for f in sorted(glob.glob(os.path.join(tree, pattern)))]
 
 
 def compile_flags(tree):
@@ -47,11 +55,11 @@ def main():
         os.makedirs(base_tree)
         archive = subprocess.run(["git", "-C", ROOT, "archive", args.base, "csrc"], check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", base_tree], input=archive.stdout, check=True)
-        jobs = [(compile_flags(base_tree), os.path.join(base_tree, f), os.path.join(tmp, f"a{i}.o"))
-                for i, f in enumerate(PER_BUILD)]
+        jobs = [(compile_flags(base_tree), f, os.path.join(tmp, f"a{i}.o"))
+                for i, f in enumerate(per_build_files(base_tree))]
         suffixed = [f"-D{name}={name}_b" for name in RENAMED]
-        jobs += [(compile_flags(ROOT) + suffixed, os.path.join(ROOT, f), os.path.join(tmp, f"b{i}.o"))
-                 for i, f in enumerate(PER_BUILD)]
+        jobs += [(compile_flags(ROOT) + suffixed, f, os.path.join(tmp, f"b{i}.o"))
+                 for i, f in enumerate(per_build_files(ROOT))]
         jobs += [(compile_flags(ROOT), os.path.join(ROOT, f), os.path.join(tmp, f"s{i}.o"))
                  for i, f in enumerate(SHARED)]
         main_cpp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.cpp")

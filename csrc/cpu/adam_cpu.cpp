@@ -2,12 +2,10 @@
 // of a param group. It checks every tensor first (so a bad one leaves everything untouched),
 // increments the step counters, then cuts all tensors into one list of fixed-size chunks that
 // at::parallel_for splits by element count over the threads (thousands of tiny params cost one
-// call, not thousands).
+// call, not thousands). The loops over the chunks are in adam_chunks.h.
 
-// No contraction of a * b + c into an fma in this file: torch rounds every product of the Adam step on its own
-// except the ones math/adam.h writes as explicit fma. (Once adam_tensor_range folds the usual options to constants,
-// GCC would otherwise fuse the decoupled decay `theta * decay_factor` into the final update's add.) First
-// line, so that every function here, the headers' included, carries the same option and inlines as before.
+// No contraction of a * b + c into an fma in this file either (see adam_chunks_impl.h): the step's constants
+// (1 - lr * weight_decay, ...) are computed as torch computes them in Python, each product rounded on its own.
 #pragma GCC optimize("fp-contract=off")
 
 #include <ATen/ATen.h>
@@ -22,6 +20,7 @@
 #include <vector>
 
 #include "boxed_adam.h"
+#include "cpu/adam_chunks.h"
 #include "cpu/adam_kernel.h"
 #include "flat_staging.h"
 #include "host_steps.h"
@@ -34,90 +33,14 @@ namespace {
 using adam::Rule;
 using adam::TensorJob;
 
-// Storage combination of one tensor (param dtype, state dtype, rounding).
-enum class Format : int { F32, F64, F16, BF16, F16Master, BF16Master, BF16Stochastic };
-
-struct Chunk {
-  int64_t tensor;
-  int64_t begin;
-  int64_t end;
-};
-
-struct Plan {
-  std::vector<TensorJob> jobs;
-  std::vector<Format> formats;
-  std::vector<Chunk> chunks;
-  std::vector<int64_t> chunk_start;  // elements before each chunk, over all tensors
-  int64_t total = 0;
-  Rule rule = Rule::Adam;
-  bool ema = false;
-  bool unscale = false;
-  uint64_t seed = 0;
-};
-
 constexpr int64_t kChunk = 1 << 14;      // elements per chunk
 constexpr int64_t kPartMin = 1 << 15;    // fewest elements worth a thread of their own
 
-// One function per variant, carrying its ISA's target attribute (overloaded on the ISA tag), rather than every
-// variant inlined into one function per ISA: that function held ~500 loop copies, and GCC's time on it grew
-// faster than linearly (the ASan + UBSan build of this file took over 25 minutes). One call per chunk.
-template <class V>
-FK_TARGET_AVX512 __attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaAvx512) {
-  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
+// Chunks [chunk_begin, chunk_end) in the active ISA's loops (adam_chunks.h).
+void adam_chunks_active(const AdamPlan& plan, int64_t chunk_begin, int64_t chunk_end) {
+  for_active_isa(&adam_chunks<IsaAvx512>, &adam_chunks<IsaAvx2>, &adam_chunks<IsaBaseline>)(plan, chunk_begin,
+                                                                                            chunk_end);
 }
-template <class V>
-FK_TARGET_AVX2 __attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaAvx2) {
-  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
-}
-template <class V>
-__attribute__((noinline)) void run_chunk_on(const Plan& plan, const Chunk& ch, IsaBaseline) {
-  adam::adam_tensor_range<V>(plan.jobs[ch.tensor], ch.begin, ch.end, plan.seed);
-}
-
-template <class V>
-FK_INLINE void run_chunk(const Plan& plan, const Chunk& ch) {
-  run_chunk_on<V>(plan, ch, typename V::Isa{});
-}
-
-// Runtime options -> compile-time variant (rule x ema x grad write-back).
-template <class P, class S, bool kMaster, bool kStochastic, class IsaTag>
-FK_INLINE void run_chunk_storage(const Plan& plan, const Chunk& ch) {
-  const int code = static_cast<int>(plan.rule) * 4 + (plan.ema ? 2 : 0) + (plan.unscale ? 1 : 0);
-#define FK_ADAM_CASE(R, E, U) \
-  case static_cast<int>(R) * 4 + (E ? 2 : 0) + (U ? 1 : 0): \
-    return run_chunk<adam::Variant<P, S, R, kMaster, E, U, kStochastic, IsaTag>>(plan, ch);
-#define FK_ADAM_CASES(R) FK_ADAM_CASE(R, false, false) FK_ADAM_CASE(R, false, true) \
-                         FK_ADAM_CASE(R, true, false) FK_ADAM_CASE(R, true, true)
-  switch (code) {
-    FK_ADAM_CASES(Rule::Adam)
-    FK_ADAM_CASES(Rule::AdamAmsgrad)
-    FK_ADAM_CASES(Rule::Adamax)
-    default: return;
-  }
-#undef FK_ADAM_CASES
-#undef FK_ADAM_CASE
-}
-
-template <class IsaTag>
-FK_INLINE void adam_chunks_impl(const Plan& plan, int64_t chunk_begin, int64_t chunk_end) {
-  for (int64_t k = chunk_begin; k < chunk_end; ++k) {
-    const Chunk& ch = plan.chunks[k];
-    switch (plan.formats[ch.tensor]) {
-      case Format::F32: run_chunk_storage<adam::F32, adam::F32, false, false, IsaTag>(plan, ch); break;
-      case Format::F64: run_chunk_storage<adam::F64, adam::F64, false, false, IsaTag>(plan, ch); break;
-      case Format::F16: run_chunk_storage<adam::F16, adam::F16, false, false, IsaTag>(plan, ch); break;
-      case Format::BF16: run_chunk_storage<adam::BF16, adam::BF16, false, false, IsaTag>(plan, ch); break;
-      case Format::F16Master: run_chunk_storage<adam::F16, adam::F32, true, false, IsaTag>(plan, ch); break;
-      case Format::BF16Master: run_chunk_storage<adam::BF16, adam::F32, true, false, IsaTag>(plan, ch); break;
-      case Format::BF16Stochastic: run_chunk_storage<adam::BF16, adam::BF16, false, true, IsaTag>(plan, ch); break;
-    }
-  }
-}
-
-FK_DEFINE_ISA_DISPATCH(adam_chunks, (const Plan& plan, int64_t chunk_begin, int64_t chunk_end),
-                       (plan, chunk_begin, chunk_end))
-
-// ---- checks (all before anything is written) ----
 
 // ---- the op ----
 
@@ -158,7 +81,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   if (found_inf.has_value() && found_inf->item<double>() != 0.0) return;  // GradScaler found inf/NaN: skip the step
 
   const double scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
-  Plan plan;
+  AdamPlan plan;
   plan.rule = adamax ? Rule::Adamax : (amsgrad ? Rule::AdamAmsgrad : Rule::Adam);
   plan.ema = ema;
   plan.unscale = grad_scale.has_value();
@@ -207,10 +130,12 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     if (p.numel() == 0) continue;
     const auto dt = p.scalar_type();
     const bool with_master = master && is_low_precision(dt);
-    Format f = dt == at::kFloat ? Format::F32 : dt == at::kDouble ? Format::F64 : dt == at::kHalf ? Format::F16
-                                                                                                 : Format::BF16;
-    if (with_master) f = dt == at::kHalf ? Format::F16Master : Format::BF16Master;
-    else if (stochastic_rounding && dt == at::kBFloat16) f = Format::BF16Stochastic;
+    AdamFormat f = dt == at::kFloat    ? AdamFormat::F32
+                   : dt == at::kDouble ? AdamFormat::F64
+                   : dt == at::kHalf   ? AdamFormat::F16
+                                       : AdamFormat::BF16;
+    if (with_master) f = dt == at::kHalf ? AdamFormat::F16Master : AdamFormat::BF16Master;
+    else if (stochastic_rounding && dt == at::kBFloat16) f = AdamFormat::BF16Stochastic;
 
     TensorJob job;
     const FlatLayout layout(p);
@@ -228,7 +153,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 
     const int64_t index = static_cast<int64_t>(plan.jobs.size());
     for (int64_t b = 0; b < job.numel; b += kChunk) {
-      plan.chunks.push_back(Chunk{index, b, std::min(job.numel, b + kChunk)});
+      plan.chunks.push_back(AdamChunk{index, b, std::min(job.numel, b + kChunk)});
       plan.chunk_start.push_back(plan.total + b);
     }
     plan.total += job.numel;
@@ -240,7 +165,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   const int64_t parts = std::max<int64_t>(
       1, std::min<int64_t>(at::get_num_threads(), (plan.total + kPartMin - 1) / kPartMin));
   if (parts <= 1) {
-    adam_chunks(plan, 0, nchunks);
+    adam_chunks_active(plan, 0, nchunks);
   } else {
     // Part k takes the chunks that start in [total*k/parts, total*(k+1)/parts): equal element counts.
     auto chunk_at = [&](int64_t k) {
@@ -249,7 +174,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                                   plan.chunk_start.begin());
     };
     at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-      for (int64_t k = part_begin; k < part_end; ++k) adam_chunks(plan, chunk_at(k), chunk_at(k + 1));
+      for (int64_t k = part_begin; k < part_end; ++k) adam_chunks_active(plan, chunk_at(k), chunk_at(k + 1));
     });
   }
   host_steps.store();

@@ -35,6 +35,16 @@ Isa set_active_isa(Isa isa);
 const char* isa_name(Isa isa);
 Isa isa_from_name(const std::string& name);  // throws on an unknown name
 
+// The active ISA's copy of a function compiled once per ISA (e.g. &fn<IsaAvx512>, &fn<IsaAvx2>, &fn<IsaBaseline>).
+template <class Fn>
+Fn for_active_isa(Fn avx512, Fn avx2, Fn baseline) {
+  switch (active_isa()) {
+    case Isa::Avx512: return avx512;
+    case Isa::Avx2: return avx2;
+    default: return baseline;
+  }
+}
+
 }  // namespace fused_kingma::cpu
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -45,20 +55,3 @@ Isa isa_from_name(const std::string& name);  // throws on an unknown name
 #define FK_TARGET_AVX512
 #define FK_TARGET_AVX2
 #endif
-
-// FK_DEFINE_ISA_DISPATCH(name, params, args): given a template
-//   template <class IsaTag> void name##_impl(params)
-// defines three per-ISA entry points and `void name(params)` that calls the active one.
-// Usage: FK_DEFINE_ISA_DISPATCH(adam_chunk, (const Args& a, int64_t lo, int64_t hi), (a, lo, hi))
-#define FK_STRIP_PARENS(...) __VA_ARGS__
-#define FK_DEFINE_ISA_DISPATCH(name, params, args)                                           \
-  FK_TARGET_AVX512 static void name##_avx512 params { name##_impl<::fused_kingma::cpu::IsaAvx512> args; } \
-  FK_TARGET_AVX2 static void name##_avx2 params { name##_impl<::fused_kingma::cpu::IsaAvx2> args; }       \
-  static void name##_baseline params { name##_impl<::fused_kingma::cpu::IsaBaseline> args; }             \
-  static void name params {                                                                  \
-    switch (::fused_kingma::cpu::active_isa()) {                                             \
-      case ::fused_kingma::cpu::Isa::Avx512: name##_avx512 args; return;                     \
-      case ::fused_kingma::cpu::Isa::Avx2: name##_avx2 args; return;                         \
-      default: name##_baseline args; return;                                                 \
-    }                                                                                        \
-  }

@@ -1,0 +1,4 @@
+// The avx512 copy of the reparameterization row loops (reparam_rows_impl.h).
+#include "reparam_rows_impl.h"
+
+FK_INSTANTIATE_REPARAM_ROWS(IsaAvx512)
