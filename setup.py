@@ -35,6 +35,9 @@ def _want_cuda():
 SANITIZE_CXX_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",
                       "-fno-wrapv"]
 SANITIZE_LINK_FLAGS = ["-fsanitize=address,undefined"]
+# -O1, as the sanitizers advise: their checks are on the source's accesses and operations, which -O3 only
+# vectorizes, merges or removes, and the sanitized build takes less than half the time.
+SANITIZE_OPT_FLAGS = ["-O1"]
 
 
 def _sources(pattern):
@@ -45,7 +48,7 @@ def make_extension():
     cuda = _want_cuda()
     debug = _flag("FUSED_KINGMA_DEBUG")
     sanitize = _flag("FUSED_KINGMA_SANITIZE")
-    opt = ["-O0", "-g"] if debug else ["-O3"]
+    opt = ["-O0", "-g"] if debug else SANITIZE_OPT_FLAGS if sanitize else ["-O3"]
     # -fno-math-errno lets sqrt vectorize; it does not change NaN/inf propagation.
     cxx = opt + ["-fno-math-errno", f'-DFK_TORCH_VERSION="{torch.__version__}"', "-Wall", "-Wno-unknown-pragmas"]
     # -fopenmp: at::parallel_for is inline OpenMP in torch's headers; without it every kernel runs on one thread.

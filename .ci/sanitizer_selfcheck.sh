@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves the sanitizer CI step can fail: builds .ci/sanitizer_canary/canary.cpp with the compile flags the
 # extension gets under FUSED_KINGMA_SANITIZE=1 (Python's CFLAGS, as torch's build uses them, plus setup.py's
-# SANITIZE_CXX_FLAGS / SANITIZE_LINK_FLAGS), loads it into Python under the same LD_PRELOAD and *SAN_OPTIONS
+# SANITIZE_OPT_FLAGS / SANITIZE_CXX_FLAGS / SANITIZE_LINK_FLAGS), loads it into Python under the same LD_PRELOAD and *SAN_OPTIONS
 # as .ci/sanitize.sh, and requires: the correct function runs clean, the heap overflow is reported by
 # AddressSanitizer, the signed overflow by UBSan, each stopping the process. Exits 1 otherwise.
 set -euo pipefail
@@ -12,8 +12,9 @@ mkdir -p "$OUT"
 read -r -a CFLAGS <<<"$("$PY" -c "import sysconfig; print(sysconfig.get_config_var('CFLAGS'), sysconfig.get_config_var('CCSHARED'))")"
 read -r -a SAN_CXX <<<"$("$PY" .ci/setup_flags.py SANITIZE_CXX_FLAGS)"
 read -r -a SAN_LINK <<<"$("$PY" .ci/setup_flags.py SANITIZE_LINK_FLAGS)"
+read -r -a SAN_OPT <<<"$("$PY" .ci/setup_flags.py SANITIZE_OPT_FLAGS)"
 # Compiled and linked in two steps, as the extension is: each list only where setup.py uses it.
-g++ "${CFLAGS[@]}" -O3 "${SAN_CXX[@]}" -c .ci/sanitizer_canary/canary.cpp -o "$OUT/canary.o"
+g++ "${CFLAGS[@]}" "${SAN_OPT[@]}" "${SAN_CXX[@]}" -c .ci/sanitizer_canary/canary.cpp -o "$OUT/canary.o"
 g++ -shared "$OUT/canary.o" "${SAN_LINK[@]}" -o "$OUT/canary.so"
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:abort_on_error=1:halt_on_error=1}

@@ -4,8 +4,12 @@
 // registers its kernels in its own file with TORCH_LIBRARY_IMPL (csrc/cpu/*.cpp for CPU,
 // csrc/cuda_glue/*.cpp for CUDA, built only in a CUDA build). The Python module _C carries
 // only small helpers (ISA selection, build info); the ops are reached via torch.ops.fused_kingma.
-#include <torch/extension.h>
+// pybind11 and the op library only: torch/extension.h (all of libtorch's C++ API) made this the slowest file to
+// compile (~90 s on one core).
+#include <pybind11/pybind11.h>
 #include <torch/library.h>
+
+#include <string>
 
 #include "cpu/isa.h"
 #include "cpu/output_cache.h"
