@@ -1,5 +1,5 @@
-"""Adam-family step time: fused_kingma vs torch.optim.Adam (for-loop, foreach, fused), and the
-memory-traffic floor measured in the same run.
+"""Adam-family step time: fused_kingma vs torch.optim.Adam (for-loop, foreach, fused, and torch.compile of its
+step), DeepSpeed's CPU Adam when deepspeed is installed, and the memory-traffic floor measured in the same run.
 
 Bytes per element assumed (the minimum a step must move):
   fp32 Adam: param r+w 8, grad r 4, exp_avg r+w 8, exp_avg_sq r+w 8 = 28; + EMA r+w 8 = 36
@@ -38,9 +38,28 @@ def _params(shapes, dtype, device):
     return ps
 
 
-def _ema_step(opt, params, emas, decay):
-    opt.step()
+def _ema_step(step, params, emas, decay):
+    step()
     torch._foreach_lerp_(emas, [p.detach() for p in params], 1 - decay)
+
+
+def _deepspeed_cpu_adam():
+    """DeepSpeed's CPU Adam (the optimizer of ZeRO-Offload), an optional baseline, never a dependency: the class
+    when deepspeed is installed and its cpu_adam op builds here, else None."""
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        probe = torch.nn.Parameter(torch.zeros(8))
+        probe.grad = torch.zeros(8)
+        DeepSpeedCPUAdam([probe]).step()  # builds (JIT) and loads its C++ op
+        return DeepSpeedCPUAdam
+    except Exception:  # not installed, or its op fails to build: the row goes without it
+        return None
+
+
+# torch.compile of the step (inductor fuses torch's foreach Adam into generated loops) compiles one graph per
+# configuration: a minute or more for a few hundred tensors on two cores, far longer for thousands, so only
+# configurations of up to this many tensors get it (and only the first one with --tiny).
+COMPILE_MAX_TENSORS = 400
 
 
 def run(tiny: bool, device: str = "cpu"):
@@ -63,8 +82,9 @@ def run(tiny: bool, device: str = "cpu"):
          {"stochastic_rounding": True}, 14),
     ]
     repeat = 3 if tiny else 7
+    deepspeed_adam = _deepspeed_cpu_adam() if device == "cpu" else None
     rows, records = [], []
-    for name, shapes, dtype, opts, bytes_per in configs:
+    for index, (name, shapes, dtype, opts, bytes_per) in enumerate(configs):
         opts = dict(opts)
         adamax = opts.pop("adamax", False)
         ema = opts.get("ema_decay")
@@ -78,16 +98,28 @@ def run(tiny: bool, device: str = "cpu"):
         variants = [("torch fused", {"fused": True}), ("torch foreach", {"foreach": True})]
         if tiny or numel < (8 << 20) or len(shapes) < 100:
             variants.append(("torch for-loop", {"foreach": False}))
+        # Only the last one dynamo compiled (see torch._dynamo.config.cache_size_limit) stays cheap to call.
+        if len(shapes) <= COMPILE_MAX_TENSORS and (not tiny or index == 0) and device == "cpu":
+            variants.append(("torch.compile", {"compile": True}))
         for label, kw in variants:
             if adamax and kw.get("fused"):
                 continue
+            kw = dict(kw)
+            compiled = kw.pop("compile", False)
             tps = _params(shapes, dtype, device)
             o = torch_cls(tps, **torch_opts, **kw)
+            step = torch.compile(o.step) if compiled else o.step
             if ema is not None:
                 emas = [p.detach().clone() for p in tps]
-                candidates[label + " + foreach EMA"] = (lambda o=o, tps=tps, emas=emas: _ema_step(o, tps, emas, ema))
+                candidates[label + " + foreach EMA"] = (
+                    lambda step=step, tps=tps, emas=emas: _ema_step(step, tps, emas, ema))
             else:
-                candidates[label] = o.step
+                candidates[label] = step
+        # DeepSpeed's plain Adam (one C++ call per tensor), in the 16-bit rows with 16-bit state as torch keeps it.
+        if deepspeed_adam is not None and not opts and not adamax and dtype in (torch.float32, torch.bfloat16):
+            dps = _params(shapes, dtype, device)
+            candidates["deepspeed cpu_adam"] = deepspeed_adam(
+                dps, adamw_mode=False, fp32_optimizer_states=dtype == torch.float32).step
         candidates["bandwidth probe"] = probe
         times = common.median_ms_interleaved(candidates, device=device, repeat=repeat)
         del candidates, opt, ps
@@ -103,19 +135,27 @@ def run(tiny: bool, device: str = "cpu"):
         rec["bandwidth_gbs"] = bw
         records.append(rec)
         rec["baseline_pct_of_floor"] = 100 * floor / times[base_key]
+        fastest = min((k for k in times if k != "fused_kingma"), key=times.get)
+        rec["fastest_baseline"], rec["speedup_vs_fastest"] = fastest, times[fastest] / ours
         rows.append([name, f"{ours:.2f}", f"{rec['gbps']:.1f}",
                      " / ".join(f"{k}: {v:.2f}" for k, v in times.items() if k != "fused_kingma"),
-                     f"{rec['speedup']:.2f}x vs {base_key}", f"{rec['pct_of_floor']:.0f}%",
-                     f"{rec['baseline_pct_of_floor']:.0f}%"])
+                     f"{rec['speedup']:.2f}x vs {base_key}", f"{rec['speedup_vs_fastest']:.2f}x vs {fastest}",
+                     f"{rec['pct_of_floor']:.0f}%", f"{rec['baseline_pct_of_floor']:.0f}%"])
     table = common.markdown_table(
-        ["config", "fused_kingma ms", "GB/s", "torch ms", "speedup", "% of floor", "baseline % of floor"], rows)
+        ["config", "fused_kingma ms", "GB/s", "baselines ms", "speedup", "vs fastest baseline", "% of floor",
+         "baseline % of floor"], rows)
     notes = (f"Floor = bytes / bandwidth of an in-place fp32 add timed round-robin with the candidates of the "
              f"same configuration (this run: {min(bws):.0f}-{max(bws):.0f} GB/s; it drifts on shared hosts). "
              "Median over rounds, each round timing every candidate once. Bytes/element assumed: fp32 28 (+8 EMA, +8 amsgrad), "
              "bf16 / fp16 14, bf16 master weights 28. Grads stay fixed across steps. "
              "EMA rows: the torch baselines are Adam followed by torch._foreach_lerp_ of an EMA copy (12 more "
              "bytes/element). bf16 master-weight / stochastic-rounding rows compare with torch's plain bf16 Adam, "
-             "which does less (no fp32 copy / plain rounding): read them against the floor.")
+             "which does less (no fp32 copy / plain rounding): read them against the floor. "
+             f"torch.compile = torch.compile(opt.step) of torch's default (foreach) Adam, in rows of up to "
+             f"{COMPILE_MAX_TENSORS} tensors (compile time). "
+             + ("deepspeed cpu_adam = DeepSpeed's DeepSpeedCPUAdam (adamw_mode=False; state in the param dtype for "
+                "bf16), plain rows." if deepspeed_adam is not None else
+                "DeepSpeed's CPU Adam: not installed in this run."))
     return {"name": "bench_adam", "rows": records, "table": table, "notes": notes}
 
 
