@@ -122,5 +122,6 @@ step pytest-cpu 240 "$PY" -m pytest -q -x -m "not cuda and not slow" tests/
 
 echo
 echo "=== gpu-check summary"
+summary+=("README tables: copy the results JSON beside this log into benchmarks/results/ on the machine you commit from, then run: python benchmarks/run.py --tables-from benchmarks/results/<gpu>.json")
 printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"
 exit $failed

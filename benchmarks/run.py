@@ -4,6 +4,8 @@ benchmarks/results/<machine>.json and the README tables between the BENCH marker
 Each bench module exposes `run(tiny: bool, device: str) -> dict` returning
 {"name": ..., "rows": [...], "table": "<markdown>", "notes": "..."}.
 --tiny proves the suite runs (CI) and writes nothing under results/ or README.md.
+--tables-from FILE... times nothing: it rewrites the README tables from results files already written (e.g. the
+JSON `make gpu-check` leaves in $OUT on the GPU machine, copied into benchmarks/results/ here).
 """
 import argparse
 import datetime
@@ -30,7 +32,14 @@ def main():
     ap.add_argument("--tiny", action="store_true", help="tiny sizes, no files written (CI smoke run)")
     ap.add_argument("--device", default="cuda" if os.environ.get("FUSED_KINGMA_BENCH_DEVICE") == "cuda" else "cpu")
     ap.add_argument("--only", nargs="*", help="run only these bench modules")
+    ap.add_argument("--tables-from", nargs="+", metavar="JSON", help="only rewrite the README tables from these files")
     args = ap.parse_args()
+    if args.tables_from:
+        for path in args.tables_from:
+            with open(path) as f:
+                update_readme(json.load(f))
+            print(f"README tables rewritten from {path}")
+        return
     if args.device == "cuda":
         os.environ["FUSED_KINGMA_BENCH_DEVICE"] = "cuda"
     machine = common.machine_name()
@@ -75,13 +84,20 @@ def save(results, out, keep_others):
     update_readme(merged)
 
 
-def update_readme(results):
-    """Replace the text between <!-- BENCH:<machine>:<bench> --> and <!-- /BENCH --> markers."""
-    path = os.path.join(ROOT, "README.md")
+# Where a GPU's first tables go: a GPU has no markers until its first results (its name is known only then).
+GPU_ANCHOR = "<!-- GPU-RESULTS -->"
+
+
+def update_readme(results, path=os.path.join(ROOT, "README.md")):
+    """Replace the text between <!-- BENCH:<machine>:<bench> --> and <!-- /BENCH --> markers. A GPU's bench
+    without markers yet gets a heading and markers of its own, inserted before GPU_ANCHOR."""
     with open(path) as f:
         text = f.read()
     for name, res in results["benchmarks"].items():
         tag = f"<!-- BENCH:{results['machine']}:{name} -->"
+        if tag not in text and results["device"] != "cpu" and GPU_ANCHOR in text:
+            text = text.replace(GPU_ANCHOR, f"#### {results['device']}: {name}\n\n{tag}\n<!-- /BENCH -->\n\n"
+                                + GPU_ANCHOR)
         if tag not in text:
             continue
         body = (
