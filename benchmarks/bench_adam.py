@@ -155,7 +155,7 @@ def run(tiny: bool, device: str = "cpu"):
              f"{COMPILE_MAX_TENSORS} tensors (compile time). "
              + ("deepspeed cpu_adam = DeepSpeed's DeepSpeedCPUAdam (adamw_mode=False; state in the param dtype for "
                 "bf16), plain rows." if deepspeed_adam is not None else
-                "DeepSpeed's CPU Adam: not installed in this run."))
+                "DeepSpeed's CPU Adam: not in this run (deepspeed not installed, or its cpu_adam op did not build)."))
     return {"name": "bench_adam", "rows": records, "table": table, "notes": notes}
 
 
