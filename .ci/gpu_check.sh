@@ -75,8 +75,8 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   export TORCH_CUDA_ARCH_LIST
 fi
 
-# The longest CPU file (csrc/ops.cpp) takes ~80-105 s on one core of the CI host; the CUDA files and the CUDA
-# torch's heavier headers come on top (tools/torch_compat_check.sh measures the build against this torch). The
+# The longest CPU files (adam_cpu.cpp, reparam_cpu.cpp, the ISA copies) take 35-40 s each at -O3 on a 2-core
+# Zen 4, two at once; the CUDA files and the CUDA torch's heavier headers come on top (tools/torch_compat_check.sh measures the build against this torch). The
 # limit leaves room for a slower machine: a build that ran out of time would waste the whole GPU session.
 if ! step build 330 "$PY" setup.py -q build_ext --inplace; then
   printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Proves the sanitizer CI step can fail: builds .ci/sanitizer_canary/canary.cpp with the compile flags the
 # extension gets under FUSED_KINGMA_SANITIZE=1 (Python's CFLAGS, as torch's build uses them, plus setup.py's
-# SANITIZE_OPT_FLAGS / SANITIZE_CXX_FLAGS / SANITIZE_LINK_FLAGS), loads it into Python under the same LD_PRELOAD and *SAN_OPTIONS
-# as .ci/sanitize.sh, and requires: the correct function runs clean, the heap overflow is reported by
-# AddressSanitizer, the signed overflow by UBSan, each stopping the process. Exits 1 otherwise.
+# SANITIZE_OPT_FLAGS / SANITIZE_CXX_FLAGS / SANITIZE_LINK_FLAGS), loads it into Python under the same LD_PRELOAD
+# and *SAN_OPTIONS as .ci/sanitize.sh, and requires: the correct function runs clean, the heap overflow is
+# reported by AddressSanitizer, the signed overflow by UBSan, each stopping the process. Exits 1 otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
