@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "adam_plan.h"
 #include "cpu/isa.h"
 #include "cpu/output_cache.h"
 
@@ -58,6 +59,7 @@ TORCH_LIBRARY(fused_kingma, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using namespace fused_kingma::cpu;
   m.doc() = "fused_kingma native kernels (ops are registered under torch.ops.fused_kingma)";
+  fused_kingma::register_adam_plan(m);
   m.attr("built_with_torch") = FK_TORCH_VERSION;
 #ifdef FK_WITH_CUDA
   m.attr("built_with_cuda") = true;

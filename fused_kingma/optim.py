@@ -26,7 +26,7 @@ import re
 import torch
 
 from . import _capturable, _tracked, reference
-from ._ops import ops
+from ._ops import _C, ops
 
 __all__ = ["FusedAdam", "FusedAdamW", "FusedAdamax"]
 
@@ -50,11 +50,28 @@ def _has_native_kernel(device):
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("fused_kingma::adam_step_", key)
 
 
+def _plan_for(lists):
+    """The cached lists' AdamPlan (made on first use), or None where the op must be called from Python: lists a
+    plan cannot hold (DTensor shards, tensor subclasses, a device without a native kernel), and while
+    torch.compile traces or a torch function / dispatch mode is active (they see torch.ops calls only)."""
+    if lists.plan is False or torch.compiler.is_compiling():
+        return None
+    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0:
+        return None
+    if lists.plan is None:
+        if not (lists.native and not lists.dtensor and lists.all_plain()):
+            lists.plan = False
+            return None
+        lists.plan = _C.AdamPlan(lists.params, lists.exp_avgs, lists.seconds, lists.max_seconds, lists.steps,
+                                 lists.masters, lists.emas)
+    return lists.plan
+
+
 class _GroupLists:
     """The tensors one native call gets for a param group (param order, local shards)."""
 
     __slots__ = ("params", "exp_avgs", "seconds", "max_seconds", "steps", "masters", "emas", "index", "dtensor",
-                 "native", "tracked")
+                 "native", "tracked", "plan")
 
     def __init__(self):
         self.params, self.exp_avgs, self.seconds, self.max_seconds = [], [], [], []
@@ -62,6 +79,14 @@ class _GroupLists:
         self.dtensor = False
         self.native = True
         self.tracked = True  # every state dict read records its changes (_tracked): the lists may be cached
+        self.plan = None  # the cached lists' _C.AdamPlan, made on their first step that may use one; False: none
+
+    def all_plain(self):
+        """Whether every tensor is a torch.Tensor or nn.Parameter itself: no subclass whose __torch_function__
+        or grad attribute a plan would bypass."""
+        plain = (torch.Tensor, torch.nn.Parameter)
+        return all(type(t) in plain for lst in (self.params, self.exp_avgs, self.seconds, self.max_seconds,
+                                                 self.steps, self.masters, self.emas) for t in lst)
 
 
 class _FusedAdamBase:
@@ -221,14 +246,20 @@ class _FusedAdamBase:
         return lists, pending
 
     def _group_lists(self, gi, group):
+        """Returns (lists, grads, pending); grads is None when lists.plan reads them (every param has one)."""
         params = group["params"]
-        grads = [p.grad for p in params]
-        complete = type(None) not in set(map(type, grads))
         # The cache entry holds the params list and state mapping themselves (compared by identity: no id reuse)
         # and the version of the containers that record their changes (_tracked), a resize of the list included.
         key = (_tracked.version(), self._options_key(group))
         cached = self._lists_cache.get(gi)
-        if complete and cached is not None and cached[0] is params and cached[1] is self.state and cached[2] == key:
+        hit = cached is not None and cached[0] is params and cached[1] is self.state and cached[2] == key
+        if hit:
+            plan = _plan_for(cached[3])
+            if plan is not None and plan.has_all_grads():
+                return cached[3], None, {}
+        grads = [p.grad for p in params]
+        complete = type(None) not in set(map(type, grads))
+        if complete and hit:
             lists = cached[3]
             return lists, (list(map(_local, grads)) if lists.dtensor else grads), {}
         lists, pending = self._build_lists(group, params, grads)
@@ -253,11 +284,18 @@ class _FusedAdamBase:
         if torch.is_tensor(hyper["lr"]):  # capturable with a GPU lr tensor (_capturable.device_lr)
             op = ops.adam_step_lr_tensor_
             hyper = {k: v for k, v in hyper.items() if k != "lr_is_fp32_tensor"}
+            if grads is None:
+                grads = [p.grad for p in lists.params]
         try:
-            op(lists.params, grads, lists.exp_avgs, lists.seconds, lists.max_seconds, lists.steps,
-               lists.masters, lists.emas, grad_scale=grad_scale, found_inf=found_inf,
-               check_only=check_only, **hyper)
+            if grads is None:  # the same op, called by the plan with the grads it read (csrc/adam_plan.cpp)
+                lists.plan.step(grad_scale=grad_scale, found_inf=found_inf, check_only=check_only, **hyper)
+            else:
+                op(lists.params, grads, lists.exp_avgs, lists.seconds, lists.max_seconds, lists.steps,
+                   lists.masters, lists.emas, grad_scale=grad_scale, found_inf=found_inf,
+                   check_only=check_only, **hyper)
         except (RuntimeError, ValueError, TypeError) as exc:
+            if grads is None:
+                grads = [p.grad for p in lists.params]
             for k, (p, g) in enumerate(zip(lists.params, grads)):  # the dispatcher refuses sparse grads itself
                 if g.layout != torch.strided or p.layout != torch.strided:
                     what = "grad" if g.layout != torch.strided else "parameter"

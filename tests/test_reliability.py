@@ -260,12 +260,24 @@ def _adam_call(n):
         check_only=False)
 
 
+def _plan_call(n):
+    """The same call made by an AdamPlan (csrc/adam_plan.cpp), which the optimizers use from a group's second step."""
+    p, g, m, v = (torch.full((n,), x, dtype=torch.bfloat16) for x in (0.0, 1.0, 0.0, 0.0))
+    p.grad = g
+    plan = fused_kingma._C.AdamPlan([p], [m], [v], [], [torch.zeros(())], [], [])
+    return lambda: plan.step(
+        rule="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+        amsgrad=False, maximize=False, ema_decay=0.0, stochastic_rounding=True, seed=0, lr_is_fp32_tensor=False,
+        grad_scale=None, found_inf=None, check_only=False)
+
+
 def _reparam_call(n):
     mu = torch.zeros(n // 64, 64)
     return lambda: fused_kingma.reparameterize(mu, mu, seed=1, num_samples=4)
 
 
-@pytest.mark.parametrize("make_call", [_adam_call, _reparam_call], ids=["adam_step_", "reparameterize"])
+@pytest.mark.parametrize("make_call", [_adam_call, _plan_call, _reparam_call],
+                         ids=["adam_step_", "AdamPlan", "reparameterize"])
 def test_native_ops_release_the_gil(make_call):
     """Another Python thread keeps running while one native call runs. The call runs on one thread, so the
     spinning thread has a core of its own: otherwise, on a 2-core machine, the op's worker threads compete
