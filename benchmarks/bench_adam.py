@@ -107,6 +107,11 @@ def run(tiny: bool, device: str = "cpu"):
             compiled = kw.pop("compile", False)
             tps = _params(shapes, dtype, device)
             o = torch_cls(tps, **torch_opts, **kw)
+            if compiled:
+                # Every configuration compiles the same function (torch.optim's step wrapper) for a new optimizer;
+                # dynamo keeps 8 entries per function and then runs it eagerly ("hit config.recompile_limit"),
+                # which gave the last two compiled rows eager times before this reset.
+                torch._dynamo.reset()
             step = torch.compile(o.step) if compiled else o.step
             if ema is not None:
                 emas = [p.detach().clone() for p in tps]
