@@ -52,6 +52,11 @@ TORCH_LIBRARY(fused_kingma, m) {
   m.def("fastmath_debug(Tensor x, int fn) -> Tensor");
 }
 
+// An optimizer step is not differentiable and runs under no_grad: the Autograd key passes it straight to the backend.
+// Without this, torch's autograd fallback for custom ops visits every tensor of the lists for requires_grad on each
+// call: 30-50 us of a 0.44 ms step over 2000 small params (Zen 4, one thread).
+TORCH_LIBRARY_IMPL(fused_kingma, Autograd, m) { m.impl("adam_step_", torch::CppFunction::makeFallthrough()); }
+
 #ifndef FK_TORCH_VERSION
 #define FK_TORCH_VERSION "unknown"
 #endif

@@ -32,12 +32,13 @@ def test_built_for_this_torch():
 
 
 # The ops and the dispatch keys they have kernels for; the CUDA ones only in a CUDA build. The load check
-# (.ci/load_check.sh), tools/torch_compat_check.sh and `make gpu-check` all run this file.
+# (.ci/load_check.sh), tools/torch_compat_check.sh and `make gpu-check` all run this file. Autograd: the reparam
+# ops' C++ autograd, and adam_step_'s fallthrough (csrc/ops.cpp: torch's autograd fallback visits every tensor).
 _KERNELS = {
-    "adam_step_": ("CPU", "CUDA"),
+    "adam_step_": ("CPU", "CUDA", "Autograd"),
     "adam_step_lr_tensor_": ("CUDA",),
-    "reparam_fwd": ("CPU", "CUDA"),
-    "reparam_bwd": ("CPU", "CUDA"),
+    "reparam_fwd": ("CPU", "CUDA", "Autograd"),
+    "reparam_bwd": ("CPU", "CUDA", "Autograd"),
     "philox_debug_cuda": ("CUDA",),
 }
 
