@@ -3,8 +3,9 @@
 // every tensor of every list to an IValue again on each step, and the optimizer collects the grads in Python
 // first. A plan holds the lists as the op's list arguments and reads each param's grad in C++, then calls the
 // same op through the dispatcher (callBoxed: the same kernels, profiler events, Python dispatch for tensors that
-// have it), with the GIL released as torch.ops does. The optimizer uses a plan only for plain tensors, outside
-// torch.compile and torch function modes (fused_kingma/optim.py, _plan_allowed).
+// have it), with the GIL released as torch.ops does. The optimizer uses a plan only for plain tensors on a device
+// with a native kernel, outside torch.compile and torch function / dispatch modes (fused_kingma/optim.py, _plan_for).
+// 2000 params of 64 fp32: 1.1 -> 0.46 ms per step (Zen 4, two threads; README, Decisions).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <pybind11/pybind11.h>
