@@ -76,8 +76,9 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
 fi
 
 # The longest CPU files (adam_cpu.cpp, reparam_cpu.cpp, the ISA copies) take 35-40 s each at -O3 on a 2-core
-# Zen 4, two at once; the CUDA files and the CUDA torch's heavier headers come on top (tools/torch_compat_check.sh measures the build against this torch). The
-# limit leaves room for a slower machine: a build that ran out of time would waste the whole GPU session.
+# Zen 4, two at once; the CUDA files and the CUDA torch's heavier headers come on top
+# (tools/torch_compat_check.sh measures the build against this torch). The limit leaves room for a slower
+# machine: a build that ran out of time would waste the whole GPU session.
 if ! step build 330 "$PY" setup.py -q build_ext --inplace; then
   printf '%s\n' "${summary[@]}" | tee "$LOG/summary.txt"
   exit 1

@@ -43,6 +43,8 @@ c10::IValue optional_tensor(const py::object& obj, const char* what) {
 
 class AdamPlan {
  public:
+  static constexpr size_t kArguments = 24;  // adam_step_'s schema, in the order step() pushes them
+
   // The lists of adam_step_'s schema (csrc/ops.cpp) but the grads, in its order.
   AdamPlan(const py::sequence& params, const py::sequence& exp_avgs,
            const py::sequence& second_moments, const py::sequence& max_second_moments, const py::sequence& steps,
@@ -51,7 +53,9 @@ class AdamPlan {
         params_(unpack_list(params, "params")),
         others_{unpack_list(exp_avgs, "exp_avgs"), unpack_list(second_moments, "second_moments"),
                 unpack_list(max_second_moments, "max_second_moments"), unpack_list(steps, "steps"),
-                unpack_list(master_params, "master_params"), unpack_list(emas, "emas")} {}
+                unpack_list(master_params, "master_params"), unpack_list(emas, "emas")} {
+    TORCH_INTERNAL_ASSERT(op_.schema().arguments().size() == kArguments, "AdamPlan: adam_step_'s schema changed");
+  }
 
   size_t size() const { return params_.size(); }
 
@@ -74,7 +78,7 @@ class AdamPlan {
       grads.push_back(std::move(g));
     }
     torch::jit::Stack stack;
-    stack.reserve(24);
+    stack.reserve(kArguments);
     stack.emplace_back(params_);
     stack.emplace_back(std::move(grads));
     for (const c10::List<at::Tensor>& list : others_) stack.emplace_back(list);
@@ -90,7 +94,7 @@ class AdamPlan {
     stack.push_back(optional_tensor(grad_scale, "grad_scale"));
     stack.push_back(optional_tensor(found_inf, "found_inf"));
     stack.emplace_back(check_only);
-    TORCH_INTERNAL_ASSERT(stack.size() == op_.schema().arguments().size(), "AdamPlan: adam_step_'s schema changed");
+    TORCH_INTERNAL_ASSERT(stack.size() == kArguments, "AdamPlan: step() pushed ", stack.size(), " arguments");
     try {
       py::gil_scoped_release no_gil;
       op_.callBoxed(&stack);

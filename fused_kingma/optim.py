@@ -245,15 +245,16 @@ class _FusedAdamBase:
             lists.native = _has_native_kernel(lists.params[0].device)
         return lists, pending
 
-    def _group_lists(self, gi, group):
-        """Returns (lists, grads, pending); grads is None when lists.plan reads them (every param has one)."""
+    def _group_lists(self, gi, group, plan_ok):
+        """Returns (lists, grads, pending); grads is None when lists.plan reads them (plan_ok: the step calls
+        adam_step_, not the capturable lr-tensor op; every param has a grad)."""
         params = group["params"]
         # The cache entry holds the params list and state mapping themselves (compared by identity: no id reuse)
         # and the version of the containers that record their changes (_tracked), a resize of the list included.
         key = (_tracked.version(), self._options_key(group))
         cached = self._lists_cache.get(gi)
         hit = cached is not None and cached[0] is params and cached[1] is self.state and cached[2] == key
-        if hit:
+        if hit and plan_ok:
             plan = _plan_for(cached[3])
             if plan is not None and plan.has_all_grads():
                 return cached[3], None, {}
@@ -284,8 +285,6 @@ class _FusedAdamBase:
         if torch.is_tensor(hyper["lr"]):  # capturable with a GPU lr tensor (_capturable.device_lr)
             op = ops.adam_step_lr_tensor_
             hyper = {k: v for k, v in hyper.items() if k != "lr_is_fp32_tensor"}
-            if grads is None:
-                grads = [p.grad for p in lists.params]
         try:
             if grads is None:  # the same op, called by the plan with the grads it read (csrc/adam_plan.cpp)
                 lists.plan.step(grad_scale=grad_scale, found_inf=found_inf, check_only=check_only, **hyper)
@@ -320,7 +319,7 @@ class _FusedAdamBase:
         work = []
         for gi, group in enumerate(self.param_groups):  # everything is checked before anything changes
             hyper = self._hyper(gi, group)
-            lists, grads, pending = self._group_lists(gi, group)
+            lists, grads, pending = self._group_lists(gi, group, plan_ok=not torch.is_tensor(hyper["lr"]))
             if lists.params:
                 work.append((gi, lists, grads, hyper, pending))
         if not work:

@@ -248,16 +248,18 @@ def test_gil_detector_sees_a_call_that_holds_the_gil():
     assert bins >= 50 and ran < max(10, bins // 4), (ran, bins)
 
 
+# adam_step_'s non-list arguments for the calls below.
+_SR_STEP = dict(rule="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                amsgrad=False, maximize=False, ema_decay=0.0, stochastic_rounding=True, seed=0,
+                lr_is_fp32_tensor=False, grad_scale=None, found_inf=None, check_only=False)
+
+
 def _adam_call(n):
     """One native adam_step_ call (the optimizer's Python around it would let the other thread in anyway); bf16
     with stochastic rounding: a Philox draw per element makes a long call of less memory."""
     p, g, m, v = (torch.full((n,), x, dtype=torch.bfloat16) for x in (0.0, 1.0, 0.0, 0.0))
     step = torch.zeros(())
-    return lambda: fused_kingma._ops.ops.adam_step_(
-        [p], [g], [m], [v], [], [step], [], [], rule="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-        weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False, maximize=False, ema_decay=0.0,
-        stochastic_rounding=True, seed=0, lr_is_fp32_tensor=False, grad_scale=None, found_inf=None,
-        check_only=False)
+    return lambda: fused_kingma._ops.ops.adam_step_([p], [g], [m], [v], [], [step], [], [], **_SR_STEP)
 
 
 def _plan_call(n):
@@ -265,10 +267,7 @@ def _plan_call(n):
     p, g, m, v = (torch.full((n,), x, dtype=torch.bfloat16) for x in (0.0, 1.0, 0.0, 0.0))
     p.grad = g
     plan = fused_kingma._C.AdamPlan([p], [m], [v], [], [torch.zeros(())], [], [])
-    return lambda: plan.step(
-        rule="adam", lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
-        amsgrad=False, maximize=False, ema_decay=0.0, stochastic_rounding=True, seed=0, lr_is_fp32_tensor=False,
-        grad_scale=None, found_inf=None, check_only=False)
+    return lambda: plan.step(**_SR_STEP)
 
 
 def _reparam_call(n):
