@@ -98,12 +98,13 @@ inline void check_list_size(at::TensorList list, size_t want, const char* what) 
   TORCH_CHECK_VALUE(list.size() == want, what, " has ", list.size(), " tensors but ", want, " were expected");
 }
 
-// The list lengths and hyper-parameters of one adam_step_ call (the per-tensor checks follow in each backend).
-inline void check_adam_arguments(size_t n, at::TensorList grads, at::TensorList exp_avgs,
-                                 at::TensorList second_moments, at::TensorList max_second_moments,
-                                 at::TensorList steps, at::TensorList master_params, at::TensorList emas,
-                                 c10::string_view rule, double lr, double beta1, double beta2, double eps,
-                                 double weight_decay, bool amsgrad, double ema_decay) {
+// The list lengths and hyper-parameters of one adam_step_ call (the per-tensor checks follow in each backend), and
+// what they make of the call: master copies and EMA when their lists are non-empty, grads written when scaled.
+inline AdamCall check_adam_arguments(size_t n, at::TensorList grads, at::TensorList exp_avgs,
+                                     at::TensorList second_moments, at::TensorList max_second_moments,
+                                     at::TensorList steps, at::TensorList master_params, at::TensorList emas,
+                                     c10::string_view rule, double lr, double beta1, double beta2, double eps,
+                                     double weight_decay, bool amsgrad, double ema_decay, bool grad_scaled) {
   const bool adamax = rule == "adamax";
   TORCH_CHECK_VALUE(adamax || rule == "adam", "rule must be 'adam' or 'adamax', got '", std::string(rule), "'");
   TORCH_CHECK_VALUE(!(adamax && amsgrad), "amsgrad is not defined for Adamax");
@@ -118,6 +119,7 @@ inline void check_adam_arguments(size_t n, at::TensorList grads, at::TensorList 
   check_list_size(steps, n, "steps");
   if (!master_params.empty()) check_list_size(master_params, n, "master_params");
   if (!emas.empty()) check_list_size(emas, n, "emas");
+  return AdamCall{!master_params.empty(), amsgrad, !emas.empty(), adamax, grad_scaled};
 }
 
 }  // namespace fused_kingma

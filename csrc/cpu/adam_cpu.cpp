@@ -51,11 +51,9 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
                    bool stochastic_rounding, int64_t seed, bool lr_is_fp32_tensor, const std::optional<at::Tensor>& grad_scale,
                    const std::optional<at::Tensor>& found_inf, bool check_only) {
   const size_t n = params.size();
-  const bool adamax = rule == "adamax";
-  check_adam_arguments(n, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas, rule, lr,
-                       beta1, beta2, eps, weight_decay, amsgrad, ema_decay);
-  const bool master = !master_params.empty();
-  const bool ema = !emas.empty();
+  const AdamCall call = check_adam_arguments(n, grads, exp_avgs, second_moments, max_second_moments, steps,
+                                             master_params, emas, rule, lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                             ema_decay, grad_scale.has_value());
   for (const auto* opt : {&grad_scale, &found_inf}) {
     if (opt->has_value()) {
       const at::Tensor& t = **opt;
@@ -65,7 +63,6 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     }
   }
 
-  const AdamCall call{master, amsgrad, ema, adamax, grad_scale.has_value()};
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
@@ -82,8 +79,8 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
 
   const double scale = grad_scale.has_value() ? grad_scale->item<double>() : 1.0;
   AdamPlan plan;
-  plan.rule = adamax ? Rule::Adamax : (amsgrad ? Rule::AdamAmsgrad : Rule::Adam);
-  plan.ema = ema;
+  plan.rule = call.adamax ? Rule::Adamax : (amsgrad ? Rule::AdamAmsgrad : Rule::Adam);
+  plan.ema = call.ema;
   plan.unscale = grad_scale.has_value();
   plan.seed = static_cast<uint64_t>(seed);
   plan.jobs.reserve(n);
@@ -96,7 +93,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     auto& c = step_consts;
     c.grad_scale = scale;
     c.grad_sign = maximize ? -1.0 : 1.0;
-    const bool decoupled = decoupled_weight_decay && !adamax;
+    const bool decoupled = decoupled_weight_decay && !call.adamax;
     c.l2 = !decoupled && weight_decay != 0.0 ? 1.0 : 0.0;
     c.weight_decay = weight_decay;
     c.decay_factor = decoupled && weight_decay != 0.0 ? 1.0 - lr * weight_decay : 1.0;
@@ -129,7 +126,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     const at::Tensor& p = *p_real;
     if (p.numel() == 0) continue;
     const auto dt = p.scalar_type();
-    const bool with_master = master && is_low_precision(dt);
+    const bool with_master = call.master && is_low_precision(dt);
     AdamFormat f = dt == at::kFloat    ? AdamFormat::F32
                    : dt == at::kDouble ? AdamFormat::F64
                    : dt == at::kHalf   ? AdamFormat::F16
@@ -145,7 +142,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     job.second = staging.flat(second_moments[i], layout, true);
     if (amsgrad) job.max_second = staging.flat(max_second_moments[i], layout, true);
     if (with_master) job.master = static_cast<float*>(staging.flat(master_params[i], layout, true));
-    if (ema) job.ema = staging.flat(emas[i], layout, true);
+    if (call.ema) job.ema = staging.flat(emas[i], layout, true);
     job.numel = p.numel();
     job.consts = consts_for(t);
     // Stochastic rounding noise: Philox key = seed, counter offset = step * 2^24 + position in the list.

@@ -47,11 +47,9 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf,
                     bool check_only) {
   const size_t n = params.size();
-  const bool adamax = rule == "adamax";
-  check_adam_arguments(n, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas, rule, lr,
-                       beta1, beta2, eps, weight_decay, amsgrad, ema_decay);
-  const bool master = !master_params.empty();
-  const bool ema = !emas.empty();
+  const AdamCall call = check_adam_arguments(n, grads, exp_avgs, second_moments, max_second_moments, steps,
+                                             master_params, emas, rule, lr, beta1, beta2, eps, weight_decay, amsgrad,
+                                             ema_decay, grad_scale.has_value());
   if (n == 0) return;
 
   TORCH_CHECK(params[0].defined(), "tensor 0: the parameter is missing (None)");
@@ -69,7 +67,6 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     }
   }
   bool any_host_step = false;
-  const AdamCall call{master, amsgrad, ema, adamax, grad_scale.has_value()};
   for (size_t i = 0; i < n; ++i) {
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
@@ -117,12 +114,12 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
       found_inf.has_value() && found_inf->device() == device ? scalar_on_device(found_inf, device) : std::nullopt;
 
   cuda::AdamArgs base{};
-  base.rule = adamax ? cuda::AdamRule::adamax : (amsgrad ? cuda::AdamRule::adam_amsgrad : cuda::AdamRule::adam);
+  base.rule = call.adamax ? cuda::AdamRule::adamax : (amsgrad ? cuda::AdamRule::adam_amsgrad : cuda::AdamRule::adam);
   base.maximize = maximize;
-  const bool decoupled = decoupled_weight_decay && !adamax;
+  const bool decoupled = decoupled_weight_decay && !call.adamax;
   base.decoupled = decoupled;
   base.l2 = !decoupled && weight_decay != 0.0;
-  base.ema = ema;
+  base.ema = call.ema;
   base.lr = lr;
   base.lr_device = lr_dev.defined() ? lr_dev.data_ptr<double>() : nullptr;
   base.beta1 = beta1;
@@ -152,7 +149,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     }
     const auto p_real = real_view(params[i]);
     const at::Tensor& p = *p_real;
-    const bool with_master = master && is_low_precision(p.scalar_type());
+    const bool with_master = call.master && is_low_precision(p.scalar_type());
     if (p.numel() > 0) {
       const FlatLayout layout(p);
       row.ptr[cuda::kParam] = staging.flat(p, layout, true);
@@ -161,7 +158,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
       row.ptr[cuda::kSecond] = staging.flat(second_moments[i], layout, true);
       if (amsgrad) row.ptr[cuda::kMaxSecond] = staging.flat(max_second_moments[i], layout, true);
       if (with_master) row.ptr[cuda::kMaster] = staging.flat(master_params[i], layout, true);
-      if (ema) row.ptr[cuda::kEma] = staging.flat(emas[i], layout, true);
+      if (call.ema) row.ptr[cuda::kEma] = staging.flat(emas[i], layout, true);
     }
     row.numel = p.numel();
     row.list_index = static_cast<int64_t>(i);
