@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "adam_plan.h"
+#include "tensor_prefetch.h"
 
 namespace py = pybind11;
 
@@ -51,6 +52,7 @@ class AdamPlan {
            const py::sequence& master_params, const py::sequence& emas)
       : op_(c10::Dispatcher::singleton().findSchemaOrThrow("fused_kingma::adam_step_", "")),
         params_(unpack_list(params, "params")),
+        param_tensors_(params_.vec()),
         others_{unpack_list(exp_avgs, "exp_avgs"), unpack_list(second_moments, "second_moments"),
                 unpack_list(max_second_moments, "max_second_moments"), unpack_list(steps, "steps"),
                 unpack_list(master_params, "master_params"), unpack_list(emas, "emas")} {
@@ -61,8 +63,10 @@ class AdamPlan {
 
   // Whether every param has a grad (the optimizer takes its general path otherwise).
   bool has_all_grads() const {
-    for (size_t i = 0; i < params_.size(); ++i)
-      if (!params_.get(i).grad().defined()) return false;
+    for (size_t i = 0; i < param_tensors_.size(); ++i) {
+      prefetch_ahead(i);
+      if (!param_tensors_[i].grad().defined()) return false;
+    }
     return true;
   }
 
@@ -72,10 +76,11 @@ class AdamPlan {
             bool lr_is_fp32_tensor, const py::object& grad_scale, const py::object& found_inf, bool check_only) {
     c10::List<at::Tensor> grads;
     grads.reserve(params_.size());
-    for (size_t i = 0; i < params_.size(); ++i) {
-      at::Tensor g = params_.get(i).grad();
+    for (size_t i = 0; i < param_tensors_.size(); ++i) {
+      prefetch_ahead(i);
+      const at::Tensor& g = param_tensors_[i].grad();
       if (!g.defined()) throw py::value_error("AdamPlan: tensor " + std::to_string(i) + ": the param has no grad");
-      grads.push_back(std::move(g));
+      grads.push_back(g);
     }
     torch::jit::Stack stack;
     stack.reserve(kArguments);
@@ -108,8 +113,18 @@ class AdamPlan {
   }
 
  private:
+  // While reading param i's grad: the TensorImpl of param i + 2 stages and the AutogradMeta (which holds the
+  // grad) of param i + 1 stage (tensor_prefetch.h).
+  void prefetch_ahead(size_t i) const {
+    if (i + 2 * kPrefetchStage < param_tensors_.size()) prefetch_impl(param_tensors_[i + 2 * kPrefetchStage]);
+    if (i + kPrefetchStage < param_tensors_.size())
+      if (const void* meta = param_tensors_[i + kPrefetchStage].unsafeGetTensorImpl()->autograd_meta())
+        prefetch_lines(meta, 128);
+  }
+
   c10::OperatorHandle op_;
   c10::List<at::Tensor> params_;
+  std::vector<at::Tensor> param_tensors_;  // params_ again, read without a reference count change per element
   std::array<c10::List<at::Tensor>, 6> others_;  // exp_avgs .. emas
 };
 

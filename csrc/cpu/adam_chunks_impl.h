@@ -13,6 +13,7 @@
 #include "cpu/adam_chunks.h"
 #include "cpu/adam_kernel.h"
 #include "cpu/isa.h"
+#include "prefetch.h"
 
 namespace fused_kingma::cpu {
 namespace adam_detail {
@@ -53,12 +54,36 @@ FK_INLINE void run_chunk_storage(const AdamPlan& plan, const AdamChunk& ch) {
 #undef FK_ADAM_CASE
 }
 
+// The first lines of each array of a chunk: all of a small tensor's, whose arrays lie apart on the heap where the
+// hardware prefetcher cannot guess them (tensor_prefetch.h); a large chunk's are streamed, and followed by it.
+inline void prefetch_chunk(const AdamPlan& plan, const AdamChunk& ch) {
+  constexpr int64_t kBytes = 256;
+  const adam::TensorJob& job = plan.jobs[ch.tensor];
+  const AdamFormat f = plan.formats[ch.tensor];
+  const int64_t param_size = f == AdamFormat::F32 ? 4 : f == AdamFormat::F64 ? 8 : 2;
+  const int64_t state_size = f == AdamFormat::F16Master || f == AdamFormat::BF16Master ? 4 : param_size;
+  const int64_t ema_size = param_size == 2 ? 4 : param_size;
+  auto ahead = [&](const void* p, int64_t size) {
+    if (p != nullptr) prefetch_lines(static_cast<const char*>(p) + ch.begin * size,
+                                     static_cast<size_t>(std::min(kBytes, (ch.end - ch.begin) * size)));
+  };
+  ahead(job.param, param_size);
+  ahead(job.grad, param_size);
+  ahead(job.first, state_size);
+  ahead(job.second, state_size);
+  ahead(job.max_second, state_size);
+  ahead(job.master, 4);
+  ahead(job.ema, ema_size);
+}
+
 }  // namespace adam_detail
 
 template <class Isa>
 void adam_chunks(const AdamPlan& plan, int64_t chunk_begin, int64_t chunk_end) {
   using namespace adam_detail;
+  constexpr int64_t kAhead = 4;  // chunks
   for (int64_t k = chunk_begin; k < chunk_end; ++k) {
+    if (k + kAhead < chunk_end) prefetch_chunk(plan, plan.chunks[k + kAhead]);
     const AdamChunk& ch = plan.chunks[k];
     switch (plan.formats[ch.tensor]) {
       case AdamFormat::F32: run_chunk_storage<adam::F32, adam::F32, false, false, Isa>(plan, ch); break;
