@@ -9,7 +9,8 @@ every process times fused_kingma.FusedAdam against torch's fused Adam on the sam
 Prints, per round and build, ns per element (times the thread count) of both and torch's time over ours (the
 median of 15 timings of each, alternating). --cold times single steps, each right after a sweep over a 64 MiB
 buffer (larger than the L3 cache), as in a training loop whose forward and backward passes evict the optimizer's
-tensors and their metadata between two steps (median of 100 steps each). Used for the README's before/after figures; not part of `make bench`.
+tensors and their metadata between two steps (median of 100 steps each). Used for the README's before/after
+figures; not part of `make bench`.
 """
 import argparse
 import os

@@ -28,13 +28,20 @@ inline void prefetch_storage(const at::Tensor& t) {
     prefetch_lines(s, sizeof(c10::StorageImpl));
 }
 
-// Stage `stage` of tensor i of each list that has one: 0 its TensorImpl, 1 its StorageImpl.
-inline void prefetch_tensors(size_t i, int stage, std::initializer_list<at::TensorList> lists) {
+// Before the checks of tensor i of each list: TensorImpls two stages ahead, StorageImpls (whose impl the first
+// stage brought in) one stage ahead.
+inline void prefetch_for_checks(size_t i, std::initializer_list<at::TensorList> lists) {
   for (at::TensorList list : lists) {
-    if (i >= list.size()) continue;
-    if (stage == 0) prefetch_impl(list[i]);
-    else prefetch_storage(list[i]);
+    if (i + 2 * kPrefetchStage < list.size()) prefetch_impl(list[i + 2 * kPrefetchStage]);
+    if (i + kPrefetchStage < list.size()) prefetch_storage(list[i + kPrefetchStage]);
   }
+}
+
+// Before the data pointers of tensor i of each list are read, after a check pass over all of them: the StorageImpls
+// again, one stage ahead (with thousands of params the check pass's prefetch may have left the cache).
+inline void prefetch_for_pointers(size_t i, std::initializer_list<at::TensorList> lists) {
+  for (at::TensorList list : lists)
+    if (i + kPrefetchStage < list.size()) prefetch_storage(list[i + kPrefetchStage]);
 }
 
 }  // namespace fused_kingma

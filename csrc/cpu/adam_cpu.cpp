@@ -64,10 +64,10 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
     }
   }
 
+  // Every list of the call, for the prefetches of their metadata (tensor_prefetch.h).
+  const auto lists = {params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas};
   for (size_t i = 0; i < n; ++i) {
-    for (int stage = 0; stage < 2; ++stage)  // TensorImpls two stages ahead, StorageImpls one (prefetch.h)
-      prefetch_tensors(i + (2 - stage) * kPrefetchStage, stage,
-                       {params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas});
+    prefetch_for_checks(i, lists);
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
     TORCH_CHECK(p.device().is_cpu(), "tensor ", i, ": the parameter is on ", p.device(), "; this kernel is for CPU");
@@ -125,12 +125,7 @@ void adam_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList e
   FlatStaging staging;
   HostSteps host_steps;
   for (size_t i = 0; i < n; ++i) {
-    // The StorageImpls again (the data pointers come from them; with thousands of params the check pass's
-    // prefetch may have left the cache), and the step counter's value.
-    if (i + kPrefetchStage < n) {
-      prefetch_tensors(i + kPrefetchStage, 1,
-                       {params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas});
-    }
+    prefetch_for_pointers(i, lists);
     const double t = host_steps.next(steps[i]);
     const auto p_real = real_view(params[i]);
     const at::Tensor& p = *p_real;

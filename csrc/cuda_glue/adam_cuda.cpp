@@ -68,10 +68,10 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
     }
   }
   bool any_host_step = false;
+  // Every list of the call, for the prefetches of their metadata (tensor_prefetch.h).
+  const auto lists = {params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas};
   for (size_t i = 0; i < n; ++i) {
-    for (int stage = 0; stage < 2; ++stage)  // TensorImpls two stages ahead, StorageImpls one (tensor_prefetch.h)
-      prefetch_tensors(i + (2 - stage) * kPrefetchStage, stage,
-                       {params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas});
+    prefetch_for_checks(i, lists);
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.defined(), "tensor ", i, ": the parameter is missing (None)");
     TORCH_CHECK(p.device() == device, "tensor ", i, ": the parameter is on ", p.device(), " but tensor 0 is on ",
@@ -142,10 +142,7 @@ void adam_step_impl(at::TensorList params, at::TensorList grads, at::TensorList 
   FlatStaging staging;
   HostSteps host_steps;
   for (size_t i = 0; i < n; ++i) {
-    if (i + kPrefetchStage < n) {  // the StorageImpls again, as the CPU op's planning pass
-      prefetch_tensors(i + kPrefetchStage, 1,
-                       {params, grads, exp_avgs, second_moments, max_second_moments, steps, master_params, emas});
-    }
+    prefetch_for_pointers(i, lists);
     const at::Tensor& s = steps[i];
     cuda::TensorRow row{};
     bool step_f64 = false;
